@@ -1,0 +1,512 @@
+"""The ``raftmq`` command: run a node, run a local cluster, or poke at one.
+
+* ``raftmq node ...``        one server process (delegates to ``node.__main__``);
+* ``raftmq cluster up ...``  N local nodes in the foreground (what ``make run`` does);
+* ``raftmq ctl ...``         client commands, aligned tables or ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+import orjson
+
+from raftmq.client import Client, ReceivedMessage
+from raftmq.errors import ConnectionFailed, RaftMQError
+from raftmq.supervisor import LocalCluster, NodeExited, PortInUse, StartupCancelled
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://127.0.0.1:7200"
+START_HINT = 'is the cluster running? start one with "make run"'
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _json_out(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; numbers are right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, v in enumerate(row):
+            widths[i] = max(widths[i], len(v))
+    numeric = [
+        bool(rows)
+        and all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows)
+        for i in range(len(headers))
+    ]
+
+    def fmt(row: Sequence[str]) -> str:
+        parts = [
+            v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(row)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([fmt(list(headers)), *(fmt(r) for r in cells)])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------- parser
+
+
+def _urls(value: str) -> list[str]:
+    return [u.strip() for u in value.split(",") if u.strip()]
+
+
+def _header(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key, val
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _ctl_common(*, suppress: bool) -> argparse.ArgumentParser:
+    """Options valid both before and after the ctl subcommand."""
+    p = argparse.ArgumentParser(add_help=False)
+    default: Any = argparse.SUPPRESS if suppress else None
+    p.add_argument(
+        "--url",
+        action="append",
+        type=_urls,
+        default=default,
+        metavar="URL",
+        help=f"node URL; repeat or comma-separate for failover (default {DEFAULT_URL})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print JSON instead of tables",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="raftmq", description="A clustered message broker replicated through Raft."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = sub.add_parser(
+        "node", help="run one server node (see `raftmq node --help`)", add_help=False
+    )
+    node.add_argument("node_args", nargs=argparse.REMAINDER)
+
+    cluster = sub.add_parser("cluster", help="run a local cluster")
+    csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    up = csub.add_parser("up", help="start N local nodes in the foreground (Ctrl-C stops them)")
+    up.add_argument("--nodes", type=_positive_int, default=3)
+    up.add_argument("--data-dir", default=".raftmq-data")
+    up.add_argument("--base-port", type=int, default=7100, help="raft ports; HTTP is +100")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--fsync", choices=["always", "never"], default=None)
+    up.add_argument("--ready-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
+    up.add_argument("--node-module", default="node", help=argparse.SUPPRESS)
+
+    common = _ctl_common(suppress=True)
+    ctl = sub.add_parser(
+        "ctl", help="talk to a running cluster", parents=[_ctl_common(suppress=False)]
+    )
+    ctl.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP attempt")
+    ctl.add_argument(
+        "--retry-deadline",
+        type=float,
+        default=5.0,
+        help="seconds to keep failing over before giving up (default 5)",
+    )
+    ops = ctl.add_subparsers(dest="op", required=True, metavar="OP")
+
+    ops.add_parser("status", parents=[common], help="raft role, leader, members")
+    ops.add_parser("queues", parents=[common], help="list queues with counters")
+
+    p = ops.add_parser("declare", parents=[common], help="create a queue (idempotent)")
+    p.add_argument("queue")
+    p.add_argument("--visibility-timeout", type=float, metavar="S")
+    p.add_argument("--max-deliveries", type=int, metavar="N")
+    p.add_argument("--dead-letter-queue", metavar="Q")
+    p.add_argument("--message-ttl", type=float, metavar="S")
+    p.add_argument("--max-length", type=int, metavar="N")
+    p.add_argument("--overflow", choices=["reject_publish", "drop_head"])
+    p.add_argument("--delivery-delay", type=float, metavar="S")
+
+    p = ops.add_parser("publish", parents=[common], help="publish one message")
+    p.add_argument("queue")
+    p.add_argument("body", help='message body ("-" reads stdin)')
+    p.add_argument("--id", help="dedup id (default: random)")
+    p.add_argument(
+        "--header", action="append", type=_header, default=[], metavar="K=V", help="repeatable"
+    )
+    p.add_argument("--delay", type=float, metavar="S")
+
+    p = ops.add_parser("receive", parents=[common], help="lease messages")
+    p.add_argument("queue")
+    p.add_argument("--max", type=_positive_int, default=1, metavar="N")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S", help="long poll seconds")
+    p.add_argument("--visibility-timeout", type=float, metavar="S")
+
+    p = ops.add_parser("ack", parents=[common], help="acknowledge receipts")
+    p.add_argument("queue")
+    p.add_argument("receipts", nargs="+", metavar="RECEIPT")
+
+    p = ops.add_parser("nack", parents=[common], help="return receipts to the queue")
+    p.add_argument("queue")
+    p.add_argument("receipts", nargs="+", metavar="RECEIPT")
+    p.add_argument("--delay", type=float, metavar="S")
+
+    p = ops.add_parser("purge", parents=[common], help="drop every message in a queue")
+    p.add_argument("queue")
+    p = ops.add_parser("delete", parents=[common], help="delete a queue")
+    p.add_argument("queue")
+    return parser
+
+
+# --------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "node":
+        return run_node(args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:  # --help or a usage error; report it as a return code
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "node":
+        return run_node(list(args.node_args))
+    if args.command == "cluster":
+        return cluster_up(args)
+    return ctl(args)
+
+
+def run_node(argv: list[str]) -> int:
+    """Hands the rest of the command line to the server's own entry point."""
+    module = importlib.import_module("node.__main__")
+    node_main: Callable[[list[str] | None], int | None] = module.main
+    return int(node_main(argv) or 0)
+
+
+# --------------------------------------------------------------- cluster up
+
+
+def cluster_up(args: argparse.Namespace) -> int:
+    """Runs the cluster until SIGINT/SIGTERM; exit 1 if it could not start."""
+    cluster = LocalCluster(
+        args.nodes,
+        data_dir=args.data_dir,
+        base_port=args.base_port,
+        host=args.host,
+        fsync=args.fsync,
+        node_module=args.node_module,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            cluster.start()
+            _out(f"starting {args.nodes} node(s); logs in {args.data_dir}/<id>/node.log")
+            leader = cluster.wait_ready(args.ready_timeout, cancel=stop)
+        except PortInUse as e:
+            _err(f"error: {e}")
+            return 1
+        except NodeExited as e:
+            _err(f"error: node {e.spec.id} exited with code {e.returncode} during startup")
+            _err(f"--- last lines of {e.spec.log_path}:")
+            _err(e.log_tail or "(empty)")
+            return 1
+        except TimeoutError as e:
+            _err(f"error: {e}; see {args.data_dir}/<id>/node.log")
+            return 1
+        except StartupCancelled:
+            return 0
+        _print_cluster(cluster, leader)
+        while not stop.wait(0.5):
+            for spec, rc in cluster.newly_exited():
+                _err(f"warning: node {spec.id} exited with code {rc}; last lines of its log:")
+                _err(cluster.log_tail(spec.id, 10) or "(empty)")
+        return 0
+    finally:
+        if cluster.process(cluster.specs[0].id) is not None:
+            _out("stopping nodes...")
+        codes = cluster.stop(10.0)
+        if codes:
+            _out("stopped: " + ", ".join(f"{k} ({v})" for k, v in codes.items()))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_cluster(cluster: LocalCluster, leader: str) -> None:
+    statuses = cluster.statuses()
+    rows = []
+    for spec in cluster.specs:
+        status = statuses.get(spec.id) or {}
+        rows.append([spec.id, spec.http_url, spec.raft, status.get("role", "?")])
+    _out(table(["ID", "HTTP", "RAFT", "ROLE"], rows))
+    url = cluster.spec(leader).http_url
+    _out()
+    _out(f"API:        {url}/v1   (any node works; followers redirect to the leader)")
+    _out(f"dashboard:  {url}/")
+    _out(f"try:        raftmq ctl --url {','.join(cluster.urls)} status")
+    _out("Ctrl-C stops the cluster.")
+
+
+# ---------------------------------------------------------------------- ctl
+
+
+def ctl(args: argparse.Namespace) -> int:
+    """Runs one client command; errors become one stderr line and exit code 1."""
+    groups: list[list[str]] = getattr(args, "url", None) or [[DEFAULT_URL]]
+    urls = [u for group in groups for u in group]
+    as_json = bool(getattr(args, "json", False))
+    try:
+        with Client(urls, timeout=args.timeout, retry_deadline=args.retry_deadline) as client:
+            _OPS[args.op](client, args, as_json)
+    except ConnectionFailed as e:
+        _err(f"error: {e.message}: {START_HINT}")
+        return 1
+    except RaftMQError as e:
+        _err(f"error: {e.code}: {e.message}")
+        return 1
+    except (ValueError, OSError) as e:
+        _err(f"error: {e}")
+        return 1
+    return 0
+
+
+def _status(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    info = client.cluster()
+    if as_json:
+        _json_out(info)
+        return
+    leader = info.get("leader") or {}
+    leader_id = leader.get("id")
+    pairs = [
+        ("node", f"{info.get('node_id')} ({info.get('role')})"),
+        ("leader", f"{leader_id} {leader.get('http', '')}".strip() if leader_id else "none"),
+        ("term", info.get("term")),
+        ("commit index", info.get("commit_index")),
+        ("applied index", info.get("applied_index")),
+        ("last log index", info.get("last_log_index")),
+        ("digest", info.get("digest")),
+    ]
+    width = max(len(k) for k, _ in pairs)
+    for key, value in pairs:
+        _out(f"{key.ljust(width)}  {_cell(value)}")
+    members = info.get("members") or []
+    if members:
+        _out()
+        rows = [
+            [
+                m.get("id"),
+                m.get("http"),
+                m.get("raft"),
+                m.get("state"),
+                "leader" if leader_id is not None and m.get("id") == leader_id else "",
+            ]
+            for m in members
+        ]
+        _out(table(["ID", "HTTP", "RAFT", "STATE", "ROLE"], rows))
+
+
+def _queues(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    queues = client.queues()
+    if as_json:
+        _json_out(queues)
+        return
+    if not queues:
+        _out("no queues")
+        return
+    cols = [
+        ("NAME", "name"),
+        ("READY", "ready"),
+        ("IN_FLIGHT", "in_flight"),
+        ("DELAYED", "delayed"),
+        ("TOTAL", "total"),
+        ("PUBLISHED", "published_total"),
+        ("DELIVERED", "delivered_total"),
+        ("ACKED", "acked_total"),
+        ("DEAD", "dead_lettered_total"),
+    ]
+    rows = [[q.get(key) for _, key in cols] for q in sorted(queues, key=lambda q: q["name"])]
+    _out(table([h for h, _ in cols], rows))
+
+
+_DECLARE_OPTIONS = (
+    "visibility_timeout",
+    "max_deliveries",
+    "dead_letter_queue",
+    "message_ttl",
+    "max_length",
+    "overflow",
+    "delivery_delay",
+)
+
+
+def _declare(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    config = {k: getattr(args, k) for k in _DECLARE_OPTIONS if getattr(args, k) is not None}
+    result = client.declare_queue(args.queue, **config)
+    if as_json:
+        _json_out(result)
+        return
+    _out(f"queue '{result.get('queue', args.queue)}' is declared")
+    for key, value in sorted((result.get("config") or {}).items()):
+        _out(f"  {key} = {_cell(value)}")
+
+
+def _publish(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    body: str | bytes = args.body
+    if body == "-":
+        raw = sys.stdin.buffer.read()
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            body = raw
+    headers = dict(args.header) or None
+    msg_id = client.publish(args.queue, body, headers=headers, id=args.id, delay=args.delay)
+    if as_json:
+        _json_out({"id": msg_id})
+    else:
+        _out(msg_id)
+
+
+def _message_json(m: ReceivedMessage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": m.id,
+        "body": m.body,
+        "headers": m.headers,
+        "receipt": m.receipt,
+        "deliveries": m.deliveries,
+        "published_at": m.published_at,
+    }
+    if isinstance(m.body, bytes):
+        out["body"] = base64.b64encode(m.body).decode("ascii")
+        out["encoding"] = "base64"
+    return out
+
+
+def _body_text(body: str | bytes, limit: int = 80) -> str:
+    text = body if isinstance(body, str) else repr(body)
+    text = text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _receive(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    messages = client.receive(
+        args.queue, max=args.max, wait=args.wait, visibility_timeout=args.visibility_timeout
+    )
+    if as_json:
+        _json_out([_message_json(m) for m in messages])
+        return
+    if not messages:
+        _out("no messages")
+        return
+    rows = [
+        [
+            m.id,
+            m.deliveries,
+            m.receipt,
+            ",".join(f"{k}={v}" for k, v in sorted(m.headers.items())),
+            _body_text(m.body),
+        ]
+        for m in messages
+    ]
+    _out(table(["ID", "DELIVERIES", "RECEIPT", "HEADERS", "BODY"], rows))
+
+
+def _ack(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    result = client.ack(args.queue, args.receipts)
+    if as_json:
+        _json_out({"acked": result.acked, "stale": result.stale})
+        return
+    _out(f"acked {result.acked}")
+    if result.stale:
+        _out("stale (already acked, redelivered or expired): " + " ".join(result.stale))
+
+
+def _nack(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    result = client.nack(args.queue, args.receipts, delay=args.delay)
+    if as_json:
+        _json_out({"requeued": result.requeued, "stale": result.stale})
+        return
+    _out(f"requeued {result.requeued}")
+    if result.stale:
+        _out("stale (already acked, redelivered or expired): " + " ".join(result.stale))
+
+
+def _purge(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    n = client.purge(args.queue)
+    if as_json:
+        _json_out({"purged": n})
+    else:
+        _out(f"purged {n} message(s) from '{args.queue}'")
+
+
+def _delete(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    client.delete_queue(args.queue)
+    if as_json:
+        _json_out({"deleted": args.queue})
+    else:
+        _out(f"deleted queue '{args.queue}'")
+
+
+_OPS: dict[str, Callable[[Client, argparse.Namespace, bool], None]] = {
+    "status": _status,
+    "queues": _queues,
+    "declare": _declare,
+    "publish": _publish,
+    "receive": _receive,
+    "ack": _ack,
+    "nack": _nack,
+    "purge": _purge,
+    "delete": _delete,
+}

@@ -1,0 +1,884 @@
+"""Sync and async clients for the raftmq HTTP API (v1).
+
+Both clients share one retry policy, because a Raft cluster is only ever briefly
+unusable (an election, a restarting node) and callers should not each re-invent
+failover:
+
+* a 307 from a follower is followed by hand (same method and body, at most
+  ``MAX_REDIRECTS`` hops) and the leader it names is tried first next time;
+* a 502/503/504, a refused connection or a timeout moves on to the next node URL
+  with exponential backoff and jitter (a 503's ``Retry-After`` is honoured, capped)
+  until ``retry_deadline`` seconds have passed, then :class:`Unavailable` is raised;
+* every published message carries an id (generated client-side when the caller gives
+  none) and a retry re-sends the same ids, so the server's dedup window turns a
+  retried publish whose first attempt did commit into a no-op rather than a duplicate;
+* any other 4xx is raised at once: retrying a bad request cannot make it good.
+
+Neither client is thread-safe; use one per thread (or per event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import http.client
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import orjson
+
+from raftmq.errors import (
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    QueueNotFound,
+    RaftMQError,
+    Unavailable,
+)
+
+__all__ = [
+    "AckResult",
+    "AsyncClient",
+    "Client",
+    "Message",
+    "NackResult",
+    "ReceivedMessage",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_REDIRECTS = 5
+RETRY_AFTER_CAP = 2.0
+BACKOFF_INITIAL = 0.05
+BACKOFF_MAX = 1.0
+USER_AGENT = "raftmq-python/0.1"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_HEADERS = {
+    "Content-Type": "application/json",
+    "Accept": "application/json",
+    "User-Agent": USER_AGENT,
+}
+
+T = TypeVar("T")
+JSONDict = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Message:
+    """A message to publish; ``bytes`` bodies travel base64-encoded."""
+
+    body: str | bytes
+    headers: dict[str, str] | None = None
+    id: str | None = None
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """A delivered message; ``receipt`` is what ack/nack need, not ``id``.
+
+    ``published_at`` is passed through as the server reports it (epoch milliseconds
+    from the current node implementation).
+    """
+
+    id: str
+    body: str | bytes
+    headers: dict[str, str]
+    receipt: str
+    deliveries: int
+    published_at: float
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """``stale`` lists receipts that no longer matched (redelivered, acked, or expired)."""
+
+    acked: int
+    stale: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NackResult:
+    """``stale`` lists receipts that no longer matched (redelivered, acked, or expired)."""
+
+    requeued: int
+    stale: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------- request building
+
+
+@dataclass(frozen=True)
+class _Call(Generic[T]):
+    """One logical API request: what to send and how to read a 2xx answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    body: bytes | None = None
+    extra_timeout: float = 0.0
+    # A retried DELETE whose earlier attempt may have committed will see a 404;
+    # that is success, not an error.
+    absent_after_ambiguity: Callable[[], T] | None = None
+
+
+def _queue_path(name: str, suffix: str = "") -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise BadRequest(
+            f"invalid queue name {name!r}: use 1-200 characters from A-Z a-z 0-9 . _ -",
+            code="invalid_name",
+        )
+    return f"/v1/queues/{quote(name, safe='')}{suffix}"
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def _encode_message(msg: Message | Mapping[str, Any]) -> JSONDict:
+    """Turns a Message/dict into wire form, fixing its id now so retries reuse it."""
+    if isinstance(msg, Message):
+        raw: dict[str, Any] = {
+            "body": msg.body,
+            "headers": msg.headers,
+            "id": msg.id,
+            "delay": msg.delay,
+        }
+    elif isinstance(msg, Mapping):
+        raw = dict(msg)
+    else:
+        raise TypeError(f"expected Message or dict, got {type(msg).__name__}")
+    out: JSONDict = {k: v for k, v in raw.items() if v is not None}
+    body = out.get("body")
+    if isinstance(body, bytes | bytearray | memoryview):
+        out["body"] = base64.b64encode(bytes(body)).decode("ascii")
+        out["encoding"] = "base64"
+    elif not isinstance(body, str):
+        raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
+    if not out.get("id"):
+        out["id"] = uuid.uuid4().hex
+    return out
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value  # as the server reports it (an int stays an int)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    raise TypeError(f"not a timestamp: {value!r}")
+
+
+def _decode_received(m: Mapping[str, Any]) -> ReceivedMessage:
+    body: str | bytes = m["body"]
+    if m.get("encoding") == "base64":
+        body = base64.b64decode(str(body), validate=True)
+    return ReceivedMessage(
+        id=str(m["id"]),
+        body=body,
+        headers=dict(m.get("headers") or {}),
+        receipt=str(m["receipt"]),
+        deliveries=int(m.get("deliveries", 0)),
+        published_at=_as_float(m.get("published_at", 0.0)),
+    )
+
+
+def _op_declare(name: str, config: Mapping[str, Any]) -> _Call[JSONDict]:
+    body = {k: v for k, v in config.items() if v is not None}
+    return _Call("PUT", _queue_path(name), _dict, _dumps(body))
+
+
+def _op_delete(name: str) -> _Call[None]:
+    return _Call("DELETE", _queue_path(name), _none, absent_after_ambiguity=lambda: None)
+
+
+def _op_purge(name: str) -> _Call[int]:
+    return _Call("POST", _queue_path(name, "/purge"), lambda d: int(d["purged"]), b"{}")
+
+
+def _op_queue(name: str) -> _Call[JSONDict]:
+    return _Call("GET", _queue_path(name), _dict)
+
+
+def _op_queues() -> _Call[list[JSONDict]]:
+    return _Call("GET", "/v1/queues", lambda d: [dict(q) for q in d["queues"]])
+
+
+def _op_publish(queue: str, messages: Sequence[Message | Mapping[str, Any]]) -> _Call[list[str]]:
+    wire = [_encode_message(m) for m in messages]
+    return _Call(
+        "POST",
+        _queue_path(queue, "/messages"),
+        lambda d: [str(i) for i in d["ids"]],
+        _dumps({"messages": wire}),
+    )
+
+
+def _op_receive(
+    queue: str, limit: int, wait: float, visibility_timeout: float | None
+) -> _Call[list[ReceivedMessage]]:
+    req: JSONDict = {"max": limit, "wait": wait}
+    if visibility_timeout is not None:
+        req["visibility_timeout"] = visibility_timeout
+    return _Call(
+        "POST",
+        _queue_path(queue, "/receive"),
+        lambda d: [_decode_received(m) for m in d["messages"]],
+        _dumps(req),
+        extra_timeout=max(wait, 0.0),  # a long poll legitimately holds the request open
+    )
+
+
+def _op_ack(queue: str, receipts: Iterable[str]) -> _Call[AckResult]:
+    return _Call(
+        "POST",
+        _queue_path(queue, "/ack"),
+        lambda d: AckResult(int(d["acked"]), [str(s) for s in d.get("stale") or []]),
+        _dumps({"receipts": list(receipts)}),
+    )
+
+
+def _op_nack(queue: str, receipts: Iterable[str], delay: float | None) -> _Call[NackResult]:
+    req: JSONDict = {"receipts": list(receipts)}
+    if delay is not None:
+        req["delay"] = delay
+    return _Call(
+        "POST",
+        _queue_path(queue, "/nack"),
+        lambda d: NackResult(int(d["requeued"]), [str(s) for s in d.get("stale") or []]),
+        _dumps(req),
+    )
+
+
+def _op_cluster() -> _Call[JSONDict]:
+    return _Call("GET", "/v1/cluster", _dict)
+
+
+def _op_health() -> _Call[JSONDict]:
+    return _Call("GET", "/healthz", _dict)
+
+
+def _dict(d: Any) -> JSONDict:
+    if not isinstance(d, dict):
+        raise TypeError("expected a JSON object")
+    return d
+
+
+def _none(_: Any) -> None:
+    return None
+
+
+# ------------------------------------------------------------ response handling
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: Mapping[str, str]  # lower-cased names
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Redirect:
+    location: str
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way another node (or a later try) may fix."""
+
+    def __init__(
+        self,
+        error: RaftMQError,
+        *,
+        answered: bool,
+        ambiguous: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.answered = answered  # an HTTP response came back
+        self.ambiguous = ambiguous  # the request may have taken effect
+        self.retry_after = retry_after
+
+
+def _transport_retry(url: str, exc: BaseException, *, sent: bool) -> _Retry:
+    detail = str(exc) or type(exc).__name__
+    err = RaftMQError(f"{url}: {detail}", code="connection_error")
+    err.__cause__ = exc
+    return _Retry(err, answered=False, ambiguous=sent)
+
+
+def _error_from(resp: _Response) -> RaftMQError:
+    code = ""
+    message = ""
+    try:
+        payload = orjson.loads(resp.body) if resp.body else None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            code = str(payload["error"].get("code") or "")
+            message = str(payload["error"].get("message") or "")
+    except orjson.JSONDecodeError:
+        pass
+    if not message:
+        text = resp.body.decode("utf-8", "replace").strip()
+        message = text[:200] or f"HTTP {resp.status}"
+    status = resp.status
+    if status == 404:
+        return (QueueNotFound if code in ("queue_not_found", "") else RaftMQError)(
+            message, status=status, code=code or "queue_not_found"
+        )
+    if status == 409:
+        return Conflict(message, status=status, code=code or "conflict")
+    if 400 <= status < 500:
+        return BadRequest(message, status=status, code=code or "bad_request")
+    return RaftMQError(message, status=status, code=code or f"http_{status}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP-date; backoff covers it
+    return max(0.0, min(seconds, RETRY_AFTER_CAP))
+
+
+def _interpret(resp: _Response, call: _Call[T], url: str) -> T | _Redirect:
+    """Maps one HTTP response onto a value, a redirect, a retry or an error."""
+    if 200 <= resp.status < 300:
+        try:
+            data = orjson.loads(resp.body) if resp.body else None
+            return call.parse(data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as e:
+            raise RaftMQError(
+                f"unexpected response from {url}: {e}", status=resp.status, code="invalid_response"
+            ) from e
+    if resp.status in _REDIRECT_STATUSES:
+        location = resp.headers.get("location")
+        if not location:
+            raise RaftMQError(
+                f"{url} redirected without a Location", status=resp.status, code="bad_redirect"
+            )
+        return _Redirect(urljoin(url, location))
+    err = _error_from(resp)
+    if resp.status in _RETRY_STATUSES:
+        raise _Retry(
+            err,
+            answered=True,
+            ambiguous=err.code != "no_leader",
+            retry_after=_retry_after(resp.headers.get("retry-after")),
+        )
+    raise err
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _normalize_urls(urls: Sequence[str] | str) -> list[str]:
+    items = [urls] if isinstance(urls, str) else list(urls)
+    out: list[str] = []
+    for item in items:
+        for raw in str(item).split(","):
+            url = raw.strip().rstrip("/")
+            if not url:
+                continue
+            if "://" not in url:
+                url = "http://" + url
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"not an http(s) URL: {raw.strip()!r}")
+            if url not in out:
+                out.append(url)
+    if not out:
+        raise ValueError("at least one node URL is required")
+    return out
+
+
+class _Attempts:
+    """Walks the node list for one logical request: which URL next, how long to
+    wait, and when to give up."""
+
+    def __init__(self, urls: list[str], preferred: str | None, budget: float) -> None:
+        order = list(urls)
+        if preferred is not None:
+            if preferred in order:
+                i = order.index(preferred)
+                order = order[i:] + order[:i]
+            else:
+                order.insert(0, preferred)
+        self.order = order
+        self.urls = urls
+        self.index = 0
+        self.failures = 0
+        self.started = time.monotonic()
+        self.deadline = self.started + budget
+        self.answered = False
+        self.ambiguous = False
+        self.last: _Retry | None = None
+
+    @property
+    def url(self) -> str:
+        return self.order[self.index % len(self.order)]
+
+    def failed(self, r: _Retry) -> float:
+        """Records a failure; returns the pause before the next try or raises when out of time."""
+        self.last = r
+        self.failures += 1
+        self.answered |= r.answered
+        self.ambiguous |= r.ambiguous
+        self.index += 1
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self.exhausted()
+        if r.retry_after is not None:
+            delay = max(r.retry_after, self._backoff())
+        elif not r.answered and self.index % len(self.order) != 0:
+            delay = 0.0  # a node we have not tried this round may be fine: go now
+        else:
+            delay = self._backoff()
+        log.debug(
+            "raftmq: attempt %d failed (%s); next %s in %.3fs",
+            self.failures,
+            r.error,
+            self.url,
+            delay,
+        )
+        return min(delay, remaining)
+
+    def _backoff(self) -> float:
+        rounds = min((self.failures - 1) // len(self.order), 30)
+        ceiling = min(BACKOFF_MAX, BACKOFF_INITIAL * 2.0**rounds)
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def exhausted(self) -> Unavailable:
+        assert self.last is not None
+        last = self.last.error
+        elapsed = time.monotonic() - self.started
+        if not self.answered:
+            return ConnectionFailed(
+                f"no node answered at {', '.join(self.urls)}",
+                urls=self.urls,
+                last_error=last,
+            )
+        return Unavailable(
+            f"gave up after {self.failures} attempt(s) in {elapsed:.1f}s: {last.message}",
+            status=last.status,
+            code=last.code,
+            last_error=last,
+        )
+
+
+def _too_many_redirects(url: str) -> _Retry:
+    err = RaftMQError(
+        f"more than {MAX_REDIRECTS} redirects starting at {url}",
+        status=307,
+        code="too_many_redirects",
+    )
+    return _Retry(err, answered=True, ambiguous=False)
+
+
+class _Base:
+    def __init__(
+        self, urls: Sequence[str] | str, *, timeout: float = 10.0, retry_deadline: float = 30.0
+    ) -> None:
+        self._urls = _normalize_urls(urls)
+        self._timeout = timeout
+        self._retry_deadline = retry_deadline
+        self._preferred: str | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """The node URLs this client was configured with."""
+        return list(self._urls)
+
+    def _plan(self, url: str | None) -> tuple[list[str], float, bool]:
+        """Node list, retry budget and whether to remember the leader, for one call."""
+        if url is None:
+            return self._urls, self._retry_deadline, True
+        return _normalize_urls(url), 0.0, False
+
+
+# ------------------------------------------------------------------ sync client
+
+
+class _SyncTransport:
+    """One keep-alive ``http.client`` connection per node origin."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+
+    def close(self) -> None:
+        conns, self._conns = self._conns, {}
+        for conn in conns.values():
+            conn.close()
+
+    def _connection(self, url: str, timeout: float) -> http.client.HTTPConnection:
+        origin = _origin(url)
+        conn = self._conns.get(origin)
+        if conn is None:
+            parts = urlsplit(url)
+            cls = (
+                http.client.HTTPSConnection
+                if parts.scheme == "https"
+                else http.client.HTTPConnection
+            )
+            conn = cls(parts.netloc, timeout=timeout)
+            self._conns[origin] = conn
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        return conn
+
+    def request(self, method: str, url: str, body: bytes | None, timeout: float) -> _Response:
+        parts = urlsplit(url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        for try_ in range(2):
+            conn = self._connection(url, timeout)
+            reused = conn.sock is not None
+            if not reused:
+                try:
+                    conn.connect()
+                except OSError as e:
+                    conn.close()
+                    raise _transport_retry(url, e, sent=False) from e
+            try:
+                conn.request(method, target, body=body, headers=_HEADERS)
+                resp = conn.getresponse()
+                data = resp.read()
+                headers = {k.lower(): v for k, v in resp.getheaders()}
+                return _Response(resp.status, headers, data)
+            except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected) as e:
+                conn.close()
+                if reused and try_ == 0:
+                    continue  # the server closed an idle keep-alive connection: redial once
+                raise _transport_retry(url, e, sent=True) from e
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise _transport_retry(url, e, sent=True) from e
+        raise AssertionError("unreachable")
+
+
+class Client(_Base):
+    """Blocking client. ``urls`` may list any or all nodes (a str may be comma separated).
+
+    ``timeout`` bounds one HTTP attempt (a long-poll receive adds its ``wait``);
+    ``retry_deadline`` bounds the whole call including failover.
+    """
+
+    def __init__(
+        self, urls: Sequence[str] | str, *, timeout: float = 10.0, retry_deadline: float = 30.0
+    ) -> None:
+        super().__init__(urls, timeout=timeout, retry_deadline=retry_deadline)
+        self._transport = _SyncTransport()
+
+    def close(self) -> None:
+        """Closes the keep-alive connections."""
+        self._transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, call: _Call[T], url: str | None = None) -> T:
+        urls, budget, sticky = self._plan(url)
+        attempts = _Attempts(urls, self._preferred if sticky else None, budget)
+        while True:
+            try:
+                return self._attempt(attempts.url, call, sticky)
+            except _Retry as r:
+                delay = attempts.failed(r)
+                if delay > 0:
+                    time.sleep(delay)
+            except QueueNotFound:
+                if attempts.ambiguous and call.absent_after_ambiguity is not None:
+                    return call.absent_after_ambiguity()
+                raise
+
+    def _attempt(self, base: str, call: _Call[T], sticky: bool) -> T:
+        target = base + call.path
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = self._transport.request(
+                call.method, target, call.body, self._timeout + call.extra_timeout
+            )
+            out = _interpret(resp, call, target)
+            if isinstance(out, _Redirect):
+                log.debug("raftmq: %s redirected to %s", target, out.location)
+                target = out.location
+                continue
+            if sticky:
+                self._preferred = _origin(target)
+            return out
+        raise _too_many_redirects(base + call.path)
+
+    def declare_queue(self, name: str, **config: Any) -> JSONDict:
+        """Creates ``name`` (or confirms an identical one exists); returns ``{queue, config}``."""
+        return self._run(_op_declare(name, config))
+
+    def delete_queue(self, name: str) -> None:
+        """Deletes ``name`` and its messages."""
+        self._run(_op_delete(name))
+
+    def purge(self, name: str) -> int:
+        """Drops every message in ``name``; returns how many went."""
+        return self._run(_op_purge(name))
+
+    def queue(self, name: str) -> JSONDict:
+        """Config and counters of one queue."""
+        return self._run(_op_queue(name))
+
+    def queues(self) -> list[JSONDict]:
+        """Config and counters of every queue."""
+        return self._run(_op_queues())
+
+    def publish(
+        self,
+        queue: str,
+        body: str | bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        id: str | None = None,
+        delay: float | None = None,
+    ) -> str:
+        """Publishes one message; returns its id."""
+        msg = Message(body, dict(headers) if headers is not None else None, id, delay)
+        return self._run(_op_publish(queue, [msg]))[0]
+
+    def publish_batch(
+        self, queue: str, messages: Sequence[Message | Mapping[str, Any]]
+    ) -> list[str]:
+        """Publishes several messages in one replicated write; returns their ids in order."""
+        if not messages:
+            return []
+        return self._run(_op_publish(queue, messages))
+
+    def receive(
+        self,
+        queue: str,
+        *,
+        max: int = 1,
+        wait: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[ReceivedMessage]:
+        """Leases up to ``max`` messages, long-polling up to ``wait`` seconds for the first."""
+        return self._run(_op_receive(queue, max, wait, visibility_timeout))
+
+    def ack(self, queue: str, receipts: Iterable[str] | str) -> AckResult:
+        """Marks deliveries done so they are never redelivered."""
+        return self._run(_op_ack(queue, _receipts(receipts)))
+
+    def nack(
+        self, queue: str, receipts: Iterable[str] | str, delay: float | None = None
+    ) -> NackResult:
+        """Returns deliveries to the queue now (or after ``delay`` seconds)."""
+        return self._run(_op_nack(queue, _receipts(receipts), delay))
+
+    def cluster(self) -> JSONDict:
+        """Raft status as seen by whichever node answers."""
+        return self._run(_op_cluster())
+
+    def health(self, url: str | None = None) -> JSONDict:
+        """Liveness of one node (default: the first URL), asked once without failover."""
+        return self._run(_op_health(), url or self._urls[0])
+
+
+# ----------------------------------------------------------------- async client
+
+
+class _AsyncTransport:
+    """A lazily created ``aiohttp.ClientSession`` (created inside the running loop)."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(headers=_HEADERS)
+        return self._session
+
+    async def request(self, method: str, url: str, body: bytes | None, timeout: float) -> _Response:
+        session = self._get()
+        for try_ in range(2):
+            try:
+                async with session.request(
+                    method,
+                    url,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
+                ) as resp:
+                    data = await resp.read()
+                    headers = {k.lower(): v for k, v in resp.headers.items()}
+                    return _Response(resp.status, headers, data)
+            except aiohttp.ServerDisconnectedError as e:
+                if try_ == 0:
+                    continue  # likely a stale keep-alive connection: redial once
+                raise _transport_retry(url, e, sent=True) from e
+            except aiohttp.ClientConnectorError as e:
+                raise _transport_retry(url, e, sent=False) from e
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise _transport_retry(url, e, sent=True) from e
+        raise AssertionError("unreachable")
+
+
+class AsyncClient(_Base):
+    """asyncio twin of :class:`Client`; use ``async with`` or ``await close()``."""
+
+    def __init__(
+        self, urls: Sequence[str] | str, *, timeout: float = 10.0, retry_deadline: float = 30.0
+    ) -> None:
+        super().__init__(urls, timeout=timeout, retry_deadline=retry_deadline)
+        self._transport = _AsyncTransport()
+
+    async def close(self) -> None:
+        """Closes the HTTP session."""
+        await self._transport.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _run(self, call: _Call[T], url: str | None = None) -> T:
+        urls, budget, sticky = self._plan(url)
+        attempts = _Attempts(urls, self._preferred if sticky else None, budget)
+        while True:
+            try:
+                return await self._attempt(attempts.url, call, sticky)
+            except _Retry as r:
+                delay = attempts.failed(r)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            except QueueNotFound:
+                if attempts.ambiguous and call.absent_after_ambiguity is not None:
+                    return call.absent_after_ambiguity()
+                raise
+
+    async def _attempt(self, base: str, call: _Call[T], sticky: bool) -> T:
+        target = base + call.path
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = await self._transport.request(
+                call.method, target, call.body, self._timeout + call.extra_timeout
+            )
+            out = _interpret(resp, call, target)
+            if isinstance(out, _Redirect):
+                log.debug("raftmq: %s redirected to %s", target, out.location)
+                target = out.location
+                continue
+            if sticky:
+                self._preferred = _origin(target)
+            return out
+        raise _too_many_redirects(base + call.path)
+
+    async def declare_queue(self, name: str, **config: Any) -> JSONDict:
+        """Creates ``name`` (or confirms an identical one exists); returns ``{queue, config}``."""
+        return await self._run(_op_declare(name, config))
+
+    async def delete_queue(self, name: str) -> None:
+        """Deletes ``name`` and its messages."""
+        await self._run(_op_delete(name))
+
+    async def purge(self, name: str) -> int:
+        """Drops every message in ``name``; returns how many went."""
+        return await self._run(_op_purge(name))
+
+    async def queue(self, name: str) -> JSONDict:
+        """Config and counters of one queue."""
+        return await self._run(_op_queue(name))
+
+    async def queues(self) -> list[JSONDict]:
+        """Config and counters of every queue."""
+        return await self._run(_op_queues())
+
+    async def publish(
+        self,
+        queue: str,
+        body: str | bytes,
+        *,
+        headers: Mapping[str, str] | None = None,
+        id: str | None = None,
+        delay: float | None = None,
+    ) -> str:
+        """Publishes one message; returns its id."""
+        msg = Message(body, dict(headers) if headers is not None else None, id, delay)
+        return (await self._run(_op_publish(queue, [msg])))[0]
+
+    async def publish_batch(
+        self, queue: str, messages: Sequence[Message | Mapping[str, Any]]
+    ) -> list[str]:
+        """Publishes several messages in one replicated write; returns their ids in order."""
+        if not messages:
+            return []
+        return await self._run(_op_publish(queue, messages))
+
+    async def receive(
+        self,
+        queue: str,
+        *,
+        max: int = 1,
+        wait: float = 0.0,
+        visibility_timeout: float | None = None,
+    ) -> list[ReceivedMessage]:
+        """Leases up to ``max`` messages, long-polling up to ``wait`` seconds for the first."""
+        return await self._run(_op_receive(queue, max, wait, visibility_timeout))
+
+    async def ack(self, queue: str, receipts: Iterable[str] | str) -> AckResult:
+        """Marks deliveries done so they are never redelivered."""
+        return await self._run(_op_ack(queue, _receipts(receipts)))
+
+    async def nack(
+        self, queue: str, receipts: Iterable[str] | str, delay: float | None = None
+    ) -> NackResult:
+        """Returns deliveries to the queue now (or after ``delay`` seconds)."""
+        return await self._run(_op_nack(queue, _receipts(receipts), delay))
+
+    async def cluster(self) -> JSONDict:
+        """Raft status as seen by whichever node answers."""
+        return await self._run(_op_cluster())
+
+    async def health(self, url: str | None = None) -> JSONDict:
+        """Liveness of one node (default: the first URL), asked once without failover."""
+        return await self._run(_op_health(), url or self._urls[0])
+
+
+def _receipts(receipts: Iterable[str] | str) -> list[str]:
+    """A lone receipt string is a common slip; treat it as a list of one."""
+    return [receipts] if isinstance(receipts, str) else list(receipts)

@@ -1,0 +1,82 @@
+"""Exceptions raised by the raftmq client.
+
+Every server error body is ``{"error": {"code", "message"}}``; the client maps the
+status onto a small hierarchy so callers can catch what they can act on
+(a missing queue, a conflicting declaration, a cluster that never answered)
+without parsing strings.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "Conflict",
+    "ConnectionFailed",
+    "QueueNotFound",
+    "RaftMQError",
+    "Unavailable",
+]
+
+
+class RaftMQError(Exception):
+    """Base class: ``status`` is the HTTP status (None when no response arrived)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"message={self.message!r})"
+        )
+
+
+class QueueNotFound(RaftMQError):
+    """404: the queue does not exist (or was deleted)."""
+
+
+class Conflict(RaftMQError):
+    """409: e.g. the queue exists with another config, or it is full."""
+
+
+class BadRequest(RaftMQError):
+    """400/413/other 4xx: the request itself is wrong; retrying cannot help."""
+
+
+class Unavailable(RaftMQError):
+    """The retry deadline passed without a usable answer; ``last_error`` says why."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str = "unavailable",
+        last_error: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code)
+        self.last_error = last_error
+
+
+class ConnectionFailed(Unavailable):
+    """No node answered at all (every attempt failed to connect or timed out).
+
+    A subclass of :class:`Unavailable` so ``except Unavailable`` covers both; kept
+    apart because "nothing is listening" usually means the cluster is not running.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        urls: list[str] | None = None,
+        last_error: BaseException | None = None,
+    ) -> None:
+        super().__init__(message, code="connection_failed", last_error=last_error)
+        self.urls = list(urls or [])
