@@ -1,0 +1,118 @@
+"""Group commit: concurrent commands from the event loop become one Raft entry.
+
+Commands proposed during one event-loop iteration are coalesced into a single
+`apply_batch` call, so one journal fsync and one network round carry all of
+them. pysyncobj calls back on its tick thread; results cross to the loop with
+`call_soon_threadsafe`, never blocking it.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pysyncobj import FAIL_REASON
+
+from cluster.errors import NoLeader, Overloaded, UnknownOutcome
+
+logger = logging.getLogger(__name__)
+
+Submit = Callable[[bytes, Callable[[Any, int], None]], None]
+
+_RETRYABLE_BEFORE_APPEND = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL}
+
+
+class Proposer:
+    """Coalesces proposals into Raft entries and resolves each caller's future."""
+
+    def __init__(
+        self,
+        submit: Submit,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        timeout_s: float,
+        max_per_entry: int,
+        max_pending: int,
+    ) -> None:
+        self._submit = submit
+        self._loop = loop
+        self._timeout_s = timeout_s
+        self._max_per_entry = max_per_entry
+        self._max_pending = max_pending
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._waiting = 0
+        self._flush_scheduled = False
+        self.entries_proposed = 0
+        self.commands_proposed = 0
+
+    @property
+    def waiting(self) -> int:
+        """Commands proposed and not yet answered."""
+        return self._waiting
+
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Commit `command` through Raft and return its result from storage."""
+        if self._waiting >= self._max_pending:
+            raise Overloaded(f"{self._waiting} commands are waiting for Raft")
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self._pending.append((command, future))
+        self._waiting += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+        except TimeoutError:
+            raise UnknownOutcome(
+                f"no Raft outcome within {self._timeout_s:g} s; retry with the same ids"
+            ) from None
+        finally:
+            self._waiting -= 1
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._pending:
+            batch = self._pending[: self._max_per_entry]
+            del self._pending[: self._max_per_entry]
+            self._submit_batch(batch)
+
+    def _submit_batch(
+        self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]
+    ) -> None:
+        futures = [future for _, future in batch]
+        payload = orjson.dumps([command for command, _ in batch])
+
+        def on_result(result: Any, error: int) -> None:
+            self._loop.call_soon_threadsafe(self._resolve, futures, result, error)
+
+        self.entries_proposed += 1
+        self.commands_proposed += len(batch)
+        try:
+            self._submit(payload, on_result)
+        except Exception as exc:
+            logger.exception("submitting a Raft entry failed")
+            self._resolve(futures, None, -1, exc)
+
+    @staticmethod
+    def _resolve(
+        futures: list[asyncio.Future[dict[str, Any]]],
+        result: Any,
+        error: int,
+        exc: BaseException | None = None,
+    ) -> None:
+        failure: BaseException | None = exc
+        if failure is None and error != FAIL_REASON.SUCCESS:
+            if error in _RETRYABLE_BEFORE_APPEND:
+                failure = NoLeader("no leader accepted the command; it was not applied")
+            else:
+                failure = UnknownOutcome(f"Raft gave no outcome (reason {error})")
+        if failure is None and (not isinstance(result, list) or len(result) != len(futures)):
+            failure = UnknownOutcome("the entry was already applied before this answer")
+        for i, future in enumerate(futures):
+            if future.done():
+                continue
+            if failure is not None:
+                future.set_exception(failure)
+            else:
+                future.set_result(result[i])

@@ -1,0 +1,37 @@
+"""Raft settings with documented defaults; every timeout and size is named here."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    """How this node runs Raft. Times in seconds, sizes in bytes."""
+
+    raft_address: str
+    peers: tuple[str, ...]
+    data_dir: str
+    fsync: bool = True
+    cluster_secret: str | None = None
+    # Elections: a follower waits a random time in [min, max] without heartbeats.
+    election_timeout_min_s: float = 0.5
+    election_timeout_max_s: float = 1.0
+    # Heartbeat / append-entries period of the leader.
+    append_entries_period_s: float = 0.05
+    # Timer resolution of the tick thread (network events wake it sooner).
+    tick_period_s: float = 0.02
+    # An isolated leader steps down after this long without a majority answering.
+    leader_fallback_s: float = 1.5
+    connection_timeout_s: float = 2.0
+    connection_retry_s: float = 0.5
+    # Compact the Raft log into a snapshot after this many entries or this long.
+    snapshot_entries: int = 20000
+    snapshot_interval_s: float = 600.0
+    # Size of one snapshot chunk sent to a follower that fell behind.
+    snapshot_chunk_bytes: int = 1 << 20
+    append_entries_batch_bytes: int = 1 << 20
+    # A proposal not answered by then is reported as unknown_outcome.
+    proposal_timeout_s: float = 5.0
+    # At most this many commands per Raft entry (group commit), and this many waiting.
+    max_commands_per_entry: int = 2000
+    max_pending_commands: int = 50000
+    lmdb_map_size: int = 16 << 30

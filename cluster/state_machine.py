@@ -1,0 +1,109 @@
+"""The replicated state machine: one replicated method whose body is one call into storage."""
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from pysyncobj import SyncObj, SyncObjConf, replicated
+
+from cluster.journal import install_journal, journal_of
+from cluster.settings import RaftSettings
+from cluster.snapshot import SnapshotCodec
+from cluster.store_holder import StoreHolder
+from cluster.transport import FlushingTransport
+
+logger = logging.getLogger(__name__)
+
+# Called on the tick thread after each applied entry with its commands and results.
+AppliedListener = Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]
+
+# Exit status of a node that met a storage failure it cannot apply around.
+EXIT_STORAGE_FAILURE = 70
+
+
+def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> Any:
+    """SyncObjConf from our settings; see RaftSettings for the meaning of each."""
+    return SyncObjConf(
+        journalFile=os.path.join(raft_dir, "journal.bin"),
+        fullDumpFile=os.path.join(raft_dir, "snapshot.bin"),
+        serializer=codec.serialize,
+        deserializer=codec.deserialize,
+        password=settings.cluster_secret,
+        autoTick=True,
+        autoTickPeriod=settings.tick_period_s,
+        # Unbatched mode sends append-entries as soon as a command is queued and
+        # wakes the tick's poll through a pipe, so a lone publish is not held
+        # for a tick; group commit happens one level up, in the Proposer.
+        appendEntriesUseBatch=False,
+        appendEntriesPeriod=settings.append_entries_period_s,
+        appendEntriesBatchSizeBytes=settings.append_entries_batch_bytes,
+        raftMinTimeout=settings.election_timeout_min_s,
+        raftMaxTimeout=settings.election_timeout_max_s,
+        leaderFallbackTimeout=settings.leader_fallback_s,
+        connectionTimeout=settings.connection_timeout_s,
+        connectionRetryTime=settings.connection_retry_s,
+        logCompactionMinEntries=settings.snapshot_entries,
+        logCompactionMinTime=settings.snapshot_interval_s,
+        logCompactionBatchSize=settings.snapshot_chunk_bytes,
+        useFork=False,
+        dynamicMembershipChange=True,
+        commandsWaitLeader=True,
+    )
+
+
+class ReplicatedBroker(SyncObj):  # type: ignore[misc]
+    """pysyncobj's SyncObj with the broker as its state."""
+
+    def __init__(
+        self,
+        settings: RaftSettings,
+        holder: StoreHolder,
+        on_applied: AppliedListener | None = None,
+    ) -> None:
+        raft_dir = os.path.join(settings.data_dir, "raft")
+        os.makedirs(raft_dir, exist_ok=True)
+        self._holder = holder
+        self._on_applied = on_applied
+        codec = SnapshotCodec(holder, os.path.join(settings.data_dir, "tmp"))
+        # Called from the tick thread only, once pysyncobj has created its journal.
+        codec.attach_journal(lambda: journal_of(self))
+        install_journal(settings.fsync)
+        super().__init__(
+            settings.raft_address,
+            [p for p in settings.peers if p != settings.raft_address],
+            conf=make_conf(settings, codec, raft_dir),
+            transportClass=FlushingTransport,
+        )
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_batch(self, payload: bytes) -> list[dict[str, Any]] | None:
+        """Apply one Raft entry: a batch of commands, in one LMDB transaction.
+
+        Never raises: pysyncobj retries a raising apply on every tick forever.
+        A storage failure (disk full, corrupt environment) is not an outcome
+        the replicas can agree on, so the node stops and restarts from its
+        journal instead of skipping the entry and diverging.
+        """
+        # pysyncobj advances raftLastApplied after this returns.
+        index = int(self.raftLastApplied) + 1
+        journal = journal_of(self)
+        if journal is not None:
+            # Single-node clusters commit without sending anything: make the
+            # entry durable before its effect can be acknowledged.
+            journal.flush()
+        try:
+            commands: list[dict[str, Any]] = orjson.loads(payload)
+            with self._holder.lock:
+                results = self._holder.store.apply(index, commands)
+        except Exception:
+            logger.critical("cannot apply entry %d; stopping the node", index, exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_STORAGE_FAILURE)
+        if results is not None and self._on_applied is not None:
+            try:
+                self._on_applied(commands, results)
+            except Exception:
+                logger.exception("apply listener failed at entry %d", index)
+        return results

@@ -1,0 +1,57 @@
+"""Owns the open Store and the lock that lets a snapshot install swap it."""
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from storage import Store
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StoreHolder:
+    """The one Store of this node, guarded so readers never see it mid-swap.
+
+    Applies (tick thread) and reads (HTTP thread) both take `lock`; it is held
+    only for the length of one LMDB transaction.
+    """
+
+    def __init__(self, path: str, *, map_size: int, sync: bool) -> None:
+        self._path = path
+        self._map_size = map_size
+        self._sync = sync
+        os.makedirs(path, exist_ok=True)
+        self.lock = threading.RLock()
+        self.store = Store(path, map_size=map_size, sync=sync)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def read(self, fn: Callable[[Store], T]) -> T:
+        with self.lock:
+            return fn(self.store)
+
+    def replace_data_file(self, data_path: str) -> None:
+        """Swap the LMDB data file for `data_path` (a consistent copy) and reopen."""
+        with self.lock:
+            self.store.close()
+            target = os.path.join(self._path, "data.mdb")
+            os.replace(data_path, target)
+            lock_file = os.path.join(self._path, "lock.mdb")
+            if os.path.exists(lock_file):
+                os.remove(lock_file)
+            dir_fd = os.open(self._path, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self.store = Store(self._path, map_size=self._map_size, sync=self._sync)
+
+    def close(self) -> None:
+        with self.lock:
+            self.store.close()

@@ -1,0 +1,420 @@
+"""The aiohttp application: routes, error and redirect middleware, handlers."""
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cluster.errors import ClusterError, NotLeader
+from node.config import NodeConfig
+from node.errors import ApiError, bad_request, from_cluster_error, from_result
+from node.ports import RaftPort
+from node.validation import (
+    check_name,
+    expect_object,
+    publish_command,
+    queue_config,
+    receipts_command,
+    receive_command,
+    receive_params,
+)
+from node.waiters import QueueWaiters
+from storage import Store
+
+logger = logging.getLogger(__name__)
+
+RAFT = web.AppKey("raft", RaftPort)
+CONFIG = web.AppKey("config", NodeConfig)
+WAITERS = web.AppKey("waiters", QueueWaiters)
+
+# Commands after whose apply a long-polling receive may find something.
+_WAKING_OPS = {"publish", "nack", "delete_queue", "purge_queue", "declare_queue"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(error: ApiError) -> web.Response:
+    return json_response(error.body(), error.status, error.headers)
+
+
+def _leader_url(raft: RaftPort, leader_raft: str) -> str | None:
+    node = raft.read(lambda store: store.nodes()).get(leader_raft)
+    return None if node is None else str(node["http"])
+
+
+def _redirect_or_unavailable(request: web.Request, exc: NotLeader) -> web.Response:
+    raft = request.app[RAFT]
+    url = None if exc.leader_raft is None else _leader_url(raft, exc.leader_raft)
+    if url is None:
+        return error_response(
+            ApiError(
+                503,
+                "no_leader",
+                "the leader's address is not known yet; retry shortly",
+                {"Retry-After": "1"},
+            )
+        )
+    return web.Response(
+        status=307,
+        headers={"Location": url + request.path_qs},
+        body=orjson.dumps({"error": {"code": "not_leader", "message": f"the leader is at {url}"}}),
+        content_type="application/json",
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except NotLeader as exc:
+        return _redirect_or_unavailable(request, exc)
+    except ClusterError as exc:
+        return error_response(from_cluster_error(exc))
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CONFIG].limits.max_body_bytes
+        return error_response(
+            ApiError(413, "body_too_large", f"the request body is over {limit} bytes")
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return error_response(ApiError(exc.status, code, exc.reason))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        request_id = uuid.uuid4().hex[:12]
+        logger.exception(
+            "request %s %s failed (request id %s)", request.method, request.path, request_id
+        )
+        return error_response(
+            ApiError(
+                500, "internal", f"internal error; see the node log for request id {request_id}"
+            )
+        )
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("the request body is not valid JSON", "invalid_json") from None
+    return expect_object(body)
+
+
+def _queue_name(request: web.Request) -> str:
+    return check_name(request.match_info["queue"])
+
+
+async def _commit(request: web.Request, command: dict[str, Any]) -> dict[str, Any]:
+    return await request.app[RAFT].propose_as_leader(command)
+
+
+def _ok_or_raise(result: dict[str, Any], queue: str, ok: str = "ok") -> dict[str, Any]:
+    if result.get("status") != ok:
+        raise from_result(result, queue)
+    return result
+
+
+# -- queues -------------------------------------------------------------------
+
+
+async def declare_queue(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    config = queue_config(await read_json(request), request.app[CONFIG].limits)
+    result = await _commit(
+        request, {"op": "declare_queue", "queue": queue, "config": config, "now_ms": now_ms()}
+    )
+    status = result.get("status")
+    if status not in ("created", "exists"):
+        raise from_result(result, queue)
+    return json_response(
+        {"queue": queue, "config": _config_out(result["config"])},
+        201 if status == "created" else 200,
+    )
+
+
+def _config_out(config: dict[str, Any]) -> dict[str, Any]:
+    """Storage config (ms) in API units (seconds)."""
+
+    def seconds(value: Any) -> float | None:
+        return None if value is None else value / 1000
+
+    return {
+        "visibility_timeout": seconds(config.get("visibility_timeout_ms")),
+        "max_deliveries": config.get("max_deliveries"),
+        "dead_letter_queue": config.get("dead_letter_queue"),
+        "message_ttl": seconds(config.get("message_ttl_ms")),
+        "max_length": config.get("max_length"),
+        "overflow": config.get("overflow"),
+        "delivery_delay": seconds(config.get("delivery_delay_ms")),
+    }
+
+
+def _queue_out(info: dict[str, Any]) -> dict[str, Any]:
+    out = dict(info)
+    out["config"] = _config_out(info["config"])
+    return out
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    now = now_ms()
+    queues = request.app[RAFT].read(lambda store: store.list_queues(now))
+    return json_response({"queues": [_queue_out(q) for q in queues]})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    now = now_ms()
+    info = request.app[RAFT].read(lambda store: store.get_queue(queue, now))
+    if info is None:
+        raise from_result({"status": "not_found"}, queue)
+    return json_response(_queue_out(info))
+
+
+async def delete_queue(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    result = await _commit(request, {"op": "delete_queue", "queue": queue, "now_ms": now_ms()})
+    _ok_or_raise(result, queue, "deleted")
+    return web.Response(status=204)
+
+
+async def purge_queue(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    result = await _commit(request, {"op": "purge_queue", "queue": queue, "now_ms": now_ms()})
+    _ok_or_raise(result, queue, "purged")
+    return json_response({"purged": result["purged"]})
+
+
+async def publish(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    request.app[RAFT].require_leader()
+    command = publish_command(queue, await read_json(request), request.app[CONFIG].limits, now_ms())
+    result = _ok_or_raise(await _commit(request, command), queue)
+    return json_response({"ids": result["ids"]})
+
+
+async def receive(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    raft = request.app[RAFT]
+    raft.require_leader()
+    waiters = request.app[WAITERS]
+    count, wait_s, lease_ms = receive_params(await read_json(request), request.app[CONFIG].limits)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        event = waiters.event(queue)
+        now = now_ms()
+        info = raft.read(functools.partial(_deliverable, queue=queue, now=now))
+        if info is None:
+            raise from_result({"status": "not_found"}, queue)
+        deliverable, visibility_ms, next_due = info
+        remaining = deadline - loop.time()
+        if deliverable or remaining <= 0:
+            command = receive_command(queue, count, lease_ms or visibility_ms, now)
+            result = _ok_or_raise(await raft.propose_as_leader(command), queue)
+            if result["messages"] or remaining <= 0:
+                return json_response({"messages": result["messages"]})
+        if waiters.full:
+            raise ApiError(
+                503, "too_many_waiters", "too many long polls on this node", {"Retry-After": "1"}
+            )
+        timeout = min(remaining, 1.0)
+        if next_due is not None:
+            timeout = min(timeout, max(0.001, (next_due - now) / 1000))
+        await waiters.wait(event, timeout)
+        raft.require_leader()
+
+
+def _deliverable(store: Store, queue: str, now: int) -> tuple[bool, int, int | None] | None:
+    info = store.get_queue(queue, now)
+    if info is None:
+        return None
+    visibility_ms = int(info["config"]["visibility_timeout_ms"])
+    return store.has_deliverable(queue, now), visibility_ms, store.next_due_ms(queue)
+
+
+async def ack(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    request.app[RAFT].require_leader()
+    command = receipts_command(
+        "ack", queue, await read_json(request), request.app[CONFIG].limits, now_ms()
+    )
+    result = _ok_or_raise(await _commit(request, command), queue)
+    return json_response({"acked": result["acked"], "stale": result["stale"]})
+
+
+async def nack(request: web.Request) -> web.Response:
+    queue = _queue_name(request)
+    request.app[RAFT].require_leader()
+    command = receipts_command(
+        "nack", queue, await read_json(request), request.app[CONFIG].limits, now_ms()
+    )
+    result = _ok_or_raise(await _commit(request, command), queue)
+    return json_response({"requeued": result["requeued"], "stale": result["stale"]})
+
+
+# -- cluster and health ---------------------------------------------------------
+
+
+async def cluster_status(request: web.Request) -> web.Response:
+    raft = request.app[RAFT]
+    config = request.app[CONFIG]
+    want_digest = request.query.get("digest", "").lower() in ("1", "true", "yes")
+    status = raft.status()
+
+    def snapshot(store: Store) -> tuple[int, str | None, dict[str, dict[str, Any]]]:
+        return store.applied_index(), store.digest() if want_digest else None, store.nodes()
+
+    applied, digest, registry = raft.read(snapshot)
+    members = []
+    for member in status["members"]:
+        known = registry.get(member["raft"], {})
+        state = "leader" if member["raft"] == status["leader_raft"] else member["state"]
+        members.append(
+            {
+                "id": known.get("id"),
+                "raft": member["raft"],
+                "http": known.get("http"),
+                "state": state,
+            }
+        )
+    leader = None
+    if status["leader_raft"] is not None:
+        known = registry.get(status["leader_raft"], {})
+        leader = {"id": known.get("id"), "raft": status["leader_raft"], "http": known.get("http")}
+    body: dict[str, Any] = {
+        "node_id": config.node_id,
+        "raft_address": config.raft.raft_address,
+        "http_url": config.advertise_http,
+        "role": status["role"],
+        "leader": leader,
+        "term": status["term"],
+        "commit_index": status["commit_index"],
+        "last_applied": status["last_applied"],
+        "applied_index": applied,
+        "log_length": status["log_length"],
+        "has_quorum": status["has_quorum"],
+        "members": members,
+    }
+    if digest is not None:
+        body["digest"] = digest
+    return json_response(body)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    raft = request.app[RAFT]
+    if not raft.is_ready():
+        raise ApiError(
+            503,
+            "not_ready",
+            "this node has no leader or has not caught up yet",
+            {"Retry-After": "1"},
+        )
+    return json_response({"status": "ready", "leader": raft.leader_raft()})
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/v1/cluster", cluster_status),
+        web.get("/v1/queues", list_queues),
+        web.put("/v1/queues/{queue}", declare_queue),
+        web.get("/v1/queues/{queue}", get_queue),
+        web.delete("/v1/queues/{queue}", delete_queue),
+        web.post("/v1/queues/{queue}/purge", purge_queue),
+        web.post("/v1/queues/{queue}/messages", publish),
+        web.post("/v1/queues/{queue}/receive", receive),
+        web.post("/v1/queues/{queue}/ack", ack),
+        web.post("/v1/queues/{queue}/nack", nack),
+    ]
+
+
+def _wake_listener(
+    app: web.Application, loop: asyncio.AbstractEventLoop
+) -> Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]:
+    waiters = app[WAITERS]
+
+    def on_applied(commands: list[dict[str, Any]], _results: list[dict[str, Any]]) -> None:
+        queues = {str(c.get("queue")) for c in commands if c.get("op") in _WAKING_OPS}
+        if queues:
+            loop.call_soon_threadsafe(waiters.notify, queues)
+
+    return on_applied
+
+
+async def _registration(app: web.Application) -> None:
+    """Record this node's HTTP URL in the replicated registry, so any node can redirect here."""
+    raft = app[RAFT]
+    config = app[CONFIG]
+    expected = {"id": config.node_id, "http": config.advertise_http}
+    while True:
+        current = raft.read(lambda store: store.nodes()).get(config.raft.raft_address)
+        stale = current is None or any(current.get(k) != v for k, v in expected.items())
+        if stale and raft.leader_raft() is not None:
+            try:
+                await raft.propose(
+                    {
+                        "op": "register_node",
+                        "raft": config.raft.raft_address,
+                        "now_ms": now_ms(),
+                        **expected,
+                    }
+                )
+            except ClusterError as exc:
+                logger.debug("node registration not committed yet: %s", exc)
+        await asyncio.sleep(0.2 if stale else 2.0)
+
+
+async def _background(app: web.Application) -> Any:
+    loop = asyncio.get_running_loop()
+    raft = app[RAFT]
+    raft.attach_loop(loop)
+    raft.add_apply_listener(_wake_listener(app, loop))
+    task = asyncio.create_task(_registration(app))
+    yield
+    task.cancel()
+    app[WAITERS].notify_all()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes
+    )
+    app[RAFT] = raft
+    app[CONFIG] = config
+    app[WAITERS] = QueueWaiters(config.limits.max_waiters)
+    app.cleanup_ctx.append(_background)
+    app.add_routes(routes())
+    return app

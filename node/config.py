@@ -1,0 +1,108 @@
+"""Node configuration: command-line flags and their documented defaults."""
+
+import argparse
+from dataclasses import dataclass, field
+
+from cluster.settings import RaftSettings
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every size, count and duration the HTTP API accepts. Times in seconds."""
+
+    max_body_bytes: int = 8 << 20
+    max_message_bytes: int = 1 << 20
+    max_batch: int = 1000
+    max_headers: int = 64
+    max_receive: int = 1000
+    max_wait_s: float = 20.0
+    max_delay_s: float = 900.0
+    max_visibility_timeout_s: float = 43200.0
+    dedup_window_s: float = 300.0
+    max_waiters: int = 10000
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    http_host: str
+    http_port: int
+    advertise_http: str
+    raft: RaftSettings
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "INFO"
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raftmq node",
+        description="Run one raftmq node.",
+        epilog=(
+            "example: raftmq node --id n1 --data-dir data/n1 --raft 127.0.0.1:7100 "
+            "--http 127.0.0.1:7200 --peers 127.0.0.1:7101,127.0.0.1:7102"
+        ),
+    )
+    parser.add_argument("--id", required=True, help="node id, unique in the cluster")
+    parser.add_argument("--data-dir", required=True, help="directory for journal, snapshot, LMDB")
+    parser.add_argument("--raft", required=True, help="HOST:PORT this node's Raft listens on")
+    parser.add_argument("--http", required=True, help="HOST:PORT the HTTP API listens on")
+    parser.add_argument(
+        "--peers", default="", help="comma-separated HOST:PORT Raft addresses of the other nodes"
+    )
+    parser.add_argument(
+        "--advertise-http", help="URL other nodes redirect clients to (default http://HTTP)"
+    )
+    parser.add_argument(
+        "--fsync",
+        choices=["always", "never"],
+        default="always",
+        help="fdatasync the Raft journal before answering (default: always)",
+    )
+    parser.add_argument("--cluster-secret", help="password that encrypts Raft traffic")
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=RaftSettings.snapshot_entries,
+        help="compact the Raft log after this many entries (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proposal-timeout",
+        type=float,
+        default=RaftSettings.proposal_timeout_s,
+        help="seconds before a write answers 503 unknown_outcome (default: %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def parse_config(argv: list[str] | None) -> NodeConfig:
+    args = build_parser().parse_args(argv)
+    http_host, http_port = _host_port(args.http)
+    _host_port(args.raft)
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    for peer in peers:
+        _host_port(peer)
+    raft = RaftSettings(
+        raft_address=args.raft,
+        peers=peers,
+        data_dir=args.data_dir,
+        fsync=args.fsync == "always",
+        cluster_secret=args.cluster_secret,
+        snapshot_entries=args.snapshot_entries,
+        proposal_timeout_s=args.proposal_timeout,
+    )
+    return NodeConfig(
+        node_id=args.id,
+        http_host=http_host,
+        http_port=http_port,
+        advertise_http=(args.advertise_http or f"http://{args.http}").rstrip("/"),
+        raft=raft,
+        log_level=args.log_level.upper(),
+    )

@@ -1,0 +1,57 @@
+"""HTTP errors, and the one table that maps every layer's errors to a status and code."""
+
+from typing import Any
+
+from cluster.errors import ClusterError, NoLeader, Overloaded, UnknownOutcome
+
+
+class ApiError(Exception):
+    """An answer other than success: status, snake_case code, one sentence."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def bad_request(message: str, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, code, message)
+
+
+# Errors from cluster/ (NotLeader is turned into a redirect before this table).
+_CLUSTER_ERRORS: dict[type[ClusterError], tuple[int, str, str]] = {
+    NoLeader: (503, "no_leader", "1"),
+    UnknownOutcome: (503, "unknown_outcome", "1"),
+    Overloaded: (503, "overloaded", "1"),
+}
+
+# Results of storage commands that are not a success.
+_RESULT_ERRORS: dict[str, tuple[int, str]] = {
+    "not_found": (404, "queue_not_found"),
+    "queue_full": (409, "queue_full"),
+    "conflict": (409, "queue_exists_different"),
+    "invalid": (400, "invalid_request"),
+}
+
+
+def from_cluster_error(exc: ClusterError) -> ApiError:
+    status, code, retry_after = _CLUSTER_ERRORS.get(type(exc), (503, "unavailable", "1"))
+    return ApiError(status, code, str(exc), {"Retry-After": retry_after})
+
+
+def from_result(result: dict[str, Any], queue: str) -> ApiError:
+    status, code = _RESULT_ERRORS.get(str(result.get("status")), (500, "internal"))
+    if code == "queue_not_found":
+        message = f"queue {queue!r} does not exist"
+    elif code == "queue_exists_different":
+        message = f"queue {queue!r} exists with a different configuration"
+    else:
+        message = str(result.get("message") or f"request on queue {queue!r} failed")
+    return ApiError(status, code, message)

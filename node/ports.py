@@ -1,0 +1,33 @@
+"""What node/ needs from the Raft node, stated by its user (tests fake it)."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from storage import Store
+
+T = TypeVar("T")
+
+ApplyListener = Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]
+
+
+class RaftPort(Protocol):
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+    def add_apply_listener(self, listener: ApplyListener) -> None: ...
+
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def propose_as_leader(self, command: dict[str, Any]) -> dict[str, Any]: ...
+
+    def require_leader(self) -> None: ...
+
+    def read(self, fn: Callable[[Store], T]) -> T: ...
+
+    def is_leader(self) -> bool: ...
+
+    def leader_raft(self) -> str | None: ...
+
+    def is_ready(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...

@@ -1,0 +1,162 @@
+"""HTTP handlers against a fake Raft port backed by a real Store (no processes, no network)."""
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from cluster.errors import NoLeader, NotLeader
+from cluster.settings import RaftSettings
+from node.app import make_app
+from node.config import NodeConfig
+from node.ports import ApplyListener
+from storage import Store
+
+T = TypeVar("T")
+
+
+class FakeRaft:
+    """Applies each proposal at once to a local Store, as a one-node leader would."""
+
+    def __init__(self, path: Path) -> None:
+        self.store = Store(str(path))
+        self.leader: str | None = "127.0.0.1:1"
+        self.self_raft = "127.0.0.1:1"
+        self.nodes: dict[str, str] = {}
+        self._index = itertools.count(1)
+        self._listeners: list[ApplyListener] = []
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        pass
+
+    def add_apply_listener(self, listener: ApplyListener) -> None:
+        self._listeners.append(listener)
+
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        results = self.store.apply(next(self._index), [command])
+        assert results is not None
+        for listener in self._listeners:
+            listener([command], results)
+        return results[0]
+
+    async def propose_as_leader(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.require_leader()
+        return await self.propose(command)
+
+    def require_leader(self) -> None:
+        if self.leader is None:
+            raise NoLeader("no leader")
+        if self.leader != self.self_raft:
+            raise NotLeader(self.leader)
+
+    def read(self, fn: Callable[[Store], T]) -> T:
+        return fn(self.store)
+
+    def is_leader(self) -> bool:
+        return self.leader == self.self_raft
+
+    def leader_raft(self) -> str | None:
+        return self.leader
+
+    def is_ready(self) -> bool:
+        return self.leader is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "leader" if self.is_leader() else "follower",
+            "leader_raft": self.leader,
+            "term": 1,
+            "commit_index": 1,
+            "last_applied": 1,
+            "log_length": 1,
+            "has_quorum": True,
+            "members": [{"raft": self.self_raft, "state": "self"}],
+        }
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
+    raft = FakeRaft(tmp_path / "store")
+    yield raft
+    raft.store.close()
+
+
+@pytest.fixture
+async def client(fake: FakeRaft) -> AsyncIterator[TestClient[Any, Any]]:
+    config = NodeConfig(
+        node_id="n1",
+        http_host="127.0.0.1",
+        http_port=0,
+        advertise_http="http://127.0.0.1:1",
+        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir="unused"),
+    )
+    async with TestClient(TestServer(make_app(fake, config))) as test_client:
+        yield test_client
+
+
+async def test_publish_then_receive(client: TestClient[Any, Any]) -> None:
+    assert (await client.put("/v1/queues/jobs", json={})).status == 201
+    resp = await client.post("/v1/queues/jobs/messages", json={"messages": [{"body": "a"}]})
+    assert resp.status == 200
+    [message_id] = (await resp.json())["ids"]
+    got = await (await client.post("/v1/queues/jobs/receive", json={"max": 5})).json()
+    assert [m["id"] for m in got["messages"]] == [message_id]
+
+
+async def test_not_leader_redirects_to_the_registered_leader(
+    client: TestClient[Any, Any], fake: FakeRaft
+) -> None:
+    await fake.propose(
+        {
+            "op": "register_node",
+            "raft": "127.0.0.1:2",
+            "id": "n2",
+            "http": "http://leader:9",
+            "now_ms": 1,
+        }
+    )
+    fake.leader = "127.0.0.1:2"
+    resp = await client.post("/v1/queues/jobs/messages?x=1", json={}, allow_redirects=False)
+    assert resp.status == 307
+    assert resp.headers["Location"] == "http://leader:9/v1/queues/jobs/messages?x=1"
+
+
+async def test_unknown_leader_address_and_no_leader_are_503(
+    client: TestClient[Any, Any], fake: FakeRaft
+) -> None:
+    fake.leader = "127.0.0.1:3"
+    resp = await client.put("/v1/queues/jobs", json={})
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "no_leader"
+    fake.leader = None
+    resp = await client.put("/v1/queues/jobs", json={})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["error"]["code"] == "no_leader"
+
+
+async def test_long_poll_wakes_on_apply(client: TestClient[Any, Any]) -> None:
+    assert (await client.put("/v1/queues/jobs", json={})).status == 201
+    waiting = asyncio.create_task(client.post("/v1/queues/jobs/receive", json={"wait": 10}))
+    await asyncio.sleep(0.05)  # let the receive park before the publish
+    await client.post("/v1/queues/jobs/messages", json={"messages": [{"body": "late"}]})
+    resp = await asyncio.wait_for(waiting, 5)
+    assert [m["body"] for m in (await resp.json())["messages"]] == ["late"]
+
+
+async def test_unexpected_error_is_500_with_request_id(
+    client: TestClient[Any, Any], fake: FakeRaft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(fn: Callable[[Store], Any]) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(fake, "read", broken)
+    resp = await client.get("/v1/queues")
+    assert resp.status == 500
+    body = await resp.json()
+    assert body["error"]["code"] == "internal"
+    assert "request id" in body["error"]["message"]
