@@ -80,13 +80,12 @@ class SnapshotCodec:
     def serialize(self, path: str, raft_data: Any) -> None:
         """Write a snapshot of the current LMDB state to `path` (pysyncobj renames it)."""
         with tempfile.TemporaryDirectory(dir=self._work_dir) as copy_dir:
-            with self._holder.lock:
-                store = self._holder.store
-                # The journal before this point is about to be dropped: the state
-                # that replaces it must be on disk first (durability rule).
-                store.sync()
-                applied = store.applied_index()
-                store.copy_to(copy_dir)
+            store = self._holder.store
+            # The journal before this point is about to be dropped: the state
+            # that replaces it must be on disk first (durability rule).
+            store.sync()
+            applied = store.applied_index()
+            store.copy_to(copy_dir)
             header = pickle.dumps({"raft_data": raft_data, "applied_index": applied})
             with open(path, "wb") as out, open(os.path.join(copy_dir, "data.mdb"), "rb") as src:
                 out.write(MAGIC)

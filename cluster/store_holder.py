@@ -16,8 +16,10 @@ T = TypeVar("T")
 class StoreHolder:
     """The one Store of this node, guarded so readers never see it mid-swap.
 
-    Applies (tick thread) and reads (HTTP thread) both take `lock`; it is held
-    only for the length of one LMDB transaction.
+    Applies, snapshots and swaps all run on the Raft tick thread, so they never
+    overlap one another; HTTP readers take `lock` so that a swap (snapshot
+    install) never closes the environment under a read. LMDB's MVCC lets reads
+    and the one writer run side by side otherwise.
     """
 
     def __init__(self, path: str, *, map_size: int, sync: bool) -> None:

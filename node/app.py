@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import functools
+import importlib.resources
 import logging
 import time
 import uuid
@@ -326,6 +327,13 @@ async def cluster_status(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+_DASHBOARD = importlib.resources.files("node").joinpath("static/dashboard.html")
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.Response(body=_DASHBOARD.read_bytes(), content_type="text/html")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -344,6 +352,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def routes() -> list[web.RouteDef]:
     return [
+        web.get("/", dashboard),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/v1/cluster", cluster_status),

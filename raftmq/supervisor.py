@@ -8,6 +8,7 @@ stop them (SIGTERM, then SIGKILL after a grace period) and never leaks a node.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -216,6 +217,7 @@ class LocalCluster:
                         stderr=subprocess.STDOUT,
                         env=env,
                         start_new_session=True,
+                        preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks
                     )
                 self._procs[spec.id] = proc
                 log.info("started %s (pid %d): %s", spec.id, proc.pid, " ".join(cmd))
@@ -317,6 +319,17 @@ class LocalCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# Loaded in the parent so the child, between fork and exec, only makes one C call.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Run in a child before exec: SIGTERM it when its parent dies, so no node is orphaned."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:

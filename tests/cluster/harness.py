@@ -23,9 +23,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from raftmq.supervisor import die_with_parent
+
 T = TypeVar("T")
 
 _PORTS_PER_WORKER = 600
+# The last 200 ports of each worker's range are a block for `raftmq cluster up`,
+# which numbers its ports from a base (raft base.., http base+100..).
+_BLOCK_PORTS = 200
 _PORT_BASE = 20000
 
 
@@ -34,12 +39,13 @@ def _worker_index() -> int:
     return int(worker.removeprefix("gw") or 0)
 
 
-_port_cycle = itertools.cycle(
-    range(
-        _PORT_BASE + _worker_index() * _PORTS_PER_WORKER,
-        _PORT_BASE + (_worker_index() + 1) * _PORTS_PER_WORKER,
-    )
-)
+_RANGE_START = _PORT_BASE + _worker_index() * _PORTS_PER_WORKER
+_port_cycle = itertools.cycle(range(_RANGE_START, _RANGE_START + _PORTS_PER_WORKER - _BLOCK_PORTS))
+
+
+def port_block_base() -> int:
+    """Base of this worker's block: base..base+99 and base+100..base+199 are ours."""
+    return _RANGE_START + _PORTS_PER_WORKER - _BLOCK_PORTS
 
 
 def _port_is_free(port: int) -> bool:
@@ -53,7 +59,7 @@ def _port_is_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    for _ in range(_PORTS_PER_WORKER):
+    for _ in range(_PORTS_PER_WORKER - _BLOCK_PORTS):
         port = next(_port_cycle)
         if _port_is_free(port):
             return port
@@ -98,8 +104,10 @@ def request(
         conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         payload = resp.read()
-        parsed = orjson.loads(payload) if payload else None
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed)
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        is_json = headers.get("content-type", "").startswith("application/json")
+        parsed = orjson.loads(payload) if payload and is_json else payload.decode(errors="replace")
+        return Response(resp.status, headers, parsed)
     finally:
         conn.close()
 
@@ -172,7 +180,12 @@ class LocalTestCluster:
         ]
         log = open(node.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits
         try:
-            node.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+            node.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks
+            )
         finally:
             log.close()
 

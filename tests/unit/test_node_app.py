@@ -160,3 +160,11 @@ async def test_unexpected_error_is_500_with_request_id(
     body = await resp.json()
     assert body["error"]["code"] == "internal"
     assert "request id" in body["error"]["message"]
+
+
+async def test_dashboard_is_served(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/")
+    assert resp.status == 200
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert "/v1/cluster" in page and "/v1/queues" in page
