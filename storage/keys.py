@@ -1,0 +1,151 @@
+"""LMDB layout of a raftmq store: every named database, its keys and values.
+
+One environment; the main (unnamed) database only holds LMDB's catalogue of the
+named ones. Integers in keys and fixed-width values are u64 big-endian, so byte
+order is numeric order. JSON values are orjson with OPT_SORT_KEYS, so the same
+state always encodes to the same bytes on every replica.
+
+    qkey  = queue name (UTF-8) + b"\\x00"
+            Names match [A-Za-z0-9._-]{1,200} and never hold NUL, so no queue's
+            qkey is a prefix of another's: a range scan over qkey sees one queue.
+    idkey = message id (UTF-8) when it is at most 255 bytes, else
+            b"\\xff" + sha256(id UTF-8). 0xFF never occurs in UTF-8, so the two
+            forms cannot collide; the key stays under LMDB's 511-byte limit.
+
+meta
+    b"applied_index"             -> u64  last Raft index applied (absent = 0)
+    b"last_now"                  -> u64  highest now_ms applied; a command's
+                                         effective now is max(now_ms, last_now)
+queues
+    name (UTF-8)                 -> JSON {"config": {...}, "next_seq": int,
+                                          "counters": {"total", "ready_count",
+                                          "delayed_count", "leased_count",
+                                          "published_total", "delivered_total",
+                                          "acked_total", "dead_lettered_total"}}
+messages
+    qkey + seq u64               -> JSON {"id", "body", "headers", "encoding"
+                                          (only "base64"), "published_at",
+                                          "deliveries", "expires_at" (only with
+                                          a TTL), "state": "ready" | "delayed" |
+                                          "leased", "due" (delayed only),
+                                          "lease" + "deadline" (leased only)}
+ready
+    qkey + seq u64               -> b""   one per message in state "ready"
+timers
+    qkey + due u64 + seq u64     -> b"d"  delayed message, due = its "due"
+                                    b"l"  leased message, due = its "deadline"
+dedup
+    qkey + idkey                 -> seq u64 + published_at u64
+dedup_age
+    qkey + published_at u64 + idkey -> b""   same entries, oldest first
+nodes
+    raft address (UTF-8)         -> JSON {"id", "http", "raft", "registered_at"}
+"""
+
+import hashlib
+import re
+import struct
+from typing import Any, Final, TypeGuard
+
+import orjson
+
+META: Final = b"meta"
+QUEUES: Final = b"queues"
+MESSAGES: Final = b"messages"
+READY: Final = b"ready"
+TIMERS: Final = b"timers"
+DEDUP: Final = b"dedup"
+DEDUP_AGE: Final = b"dedup_age"
+NODES: Final = b"nodes"
+DB_NAMES: Final = (META, QUEUES, MESSAGES, READY, TIMERS, DEDUP, DEDUP_AGE, NODES)
+
+APPLIED_INDEX: Final = b"applied_index"
+LAST_NOW: Final = b"last_now"
+
+TIMER_DELAYED: Final = b"d"
+TIMER_LEASE: Final = b"l"
+
+U64: Final = struct.Struct(">Q")
+U64_PAIR: Final = struct.Struct(">QQ")
+U64_MAX: Final = (1 << 64) - 1
+
+QUEUE_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,200}")
+_ID_INLINE_MAX: Final = 255
+_HASHED_ID: Final = b"\xff"
+
+
+def is_queue_name(name: object) -> TypeGuard[str]:
+    """Whether `name` can key a queue without breaking the qkey prefix rule."""
+    return isinstance(name, str) and QUEUE_NAME.fullmatch(name) is not None
+
+
+def qkey(name: str) -> bytes:
+    return name.encode() + b"\x00"
+
+
+def idkey(message_id: str) -> bytes:
+    raw = message_id.encode()
+    if len(raw) <= _ID_INLINE_MAX:
+        return raw
+    return _HASHED_ID + hashlib.sha256(raw).digest()
+
+
+def message_key(q: bytes, seq: int) -> bytes:
+    return q + U64.pack(seq)
+
+
+def timer_key(q: bytes, due: int, seq: int) -> bytes:
+    return q + U64_PAIR.pack(due, seq)
+
+
+def split_timer_key(q: bytes, key: bytes) -> tuple[int, int]:
+    """(due, seq) of a timers key under qkey `q`."""
+    due, seq = U64_PAIR.unpack_from(key, len(q))
+    return int(due), int(seq)
+
+
+def seq_of(q: bytes, key: bytes) -> int:
+    """seq of a messages or ready key under qkey `q`."""
+    return int(U64.unpack_from(key, len(q))[0])
+
+
+def dedup_key(q: bytes, idk: bytes) -> bytes:
+    return q + idk
+
+
+def dedup_value(seq: int, published_at: int) -> bytes:
+    return U64_PAIR.pack(seq, published_at)
+
+
+def dedup_published_at(value: bytes) -> int:
+    return int(U64_PAIR.unpack(value)[1])
+
+
+def dedup_age_key(q: bytes, published_at: int, idk: bytes) -> bytes:
+    return q + U64.pack(published_at) + idk
+
+
+def encode(value: Any) -> bytes:
+    """Canonical JSON: same value, same bytes on every replica."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def decode(raw: bytes) -> Any:
+    return orjson.loads(raw)
+
+
+def receipt(seq: int, lease_token: str) -> str:
+    return f"{seq:x}.{lease_token}"
+
+
+_RECEIPT: Final = re.compile(r"([1-9a-f][0-9a-f]{0,15})\.(.*)", re.DOTALL)
+
+
+def parse_receipt(text: object) -> tuple[int, str] | None:
+    """(seq, lease token) of a receipt in its one canonical form, else None."""
+    if not isinstance(text, str):
+        return None
+    match = _RECEIPT.fullmatch(text)
+    if match is None:
+        return None
+    return int(match.group(1), 16), match.group(2)

@@ -1,0 +1,410 @@
+"""Message-level changes inside one command's write transaction.
+
+A `Mutation` reads each queue record at most once, keeps its counters in
+memory and writes it back once in `flush`, so a batch of a thousand messages
+costs one queue read and one queue write. Every state change of a message goes
+through `_move`, which keeps the ready/timers indexes and the counters in step
+with the message record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final, NamedTuple
+
+import lmdb
+
+from storage import keys
+from storage.config import OVERFLOW_DROP_HEAD, OVERFLOW_REJECT
+from storage.errors import CorruptRecord
+
+READY: Final = "ready"
+DELAYED: Final = "delayed"
+LEASED: Final = "leased"
+_STATE_COUNTER: Final = {READY: "ready_count", DELAYED: "delayed_count", LEASED: "leased_count"}
+_STATE_FIELDS: Final = ("due", "lease", "deadline")
+
+COUNTERS: Final = (
+    "total",
+    "ready_count",
+    "delayed_count",
+    "leased_count",
+    "published_total",
+    "delivered_total",
+    "acked_total",
+    "dead_lettered_total",
+)
+
+REASON_EXPIRED: Final = "expired"
+REASON_MAX_DELIVERIES: Final = "max_deliveries"
+REASON_MAX_LENGTH: Final = "max_length"
+HEADER_REASON: Final = "x-dead-letter-reason"
+HEADER_SOURCE: Final = "x-dead-letter-source"
+
+Message = dict[str, Any]
+# (seq, message, dead-letter reason or None when deliverable)
+Scanned = tuple[int, Message, str | None]
+
+
+class Dbs(NamedTuple):
+    """Handles of the named databases, in `keys.DB_NAMES` order."""
+
+    meta: lmdb._Database
+    queues: lmdb._Database
+    messages: lmdb._Database
+    ready: lmdb._Database
+    timers: lmdb._Database
+    dedup: lmdb._Database
+    dedup_age: lmdb._Database
+    nodes: lmdb._Database
+
+
+@dataclass
+class QueueState:
+    """A queue record held in memory for the length of one command."""
+
+    name: str
+    qkey: bytes
+    config: dict[str, Any]
+    next_seq: int
+    counters: dict[str, int]
+    dirty: bool = False
+
+    @classmethod
+    def from_record(cls, name: str, record: dict[str, Any]) -> QueueState:
+        return cls(
+            name=name,
+            qkey=keys.qkey(name),
+            config=record["config"],
+            next_seq=record["next_seq"],
+            counters=record["counters"],
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {"config": self.config, "next_seq": self.next_seq, "counters": self.counters}
+
+    def take_seq(self) -> int:
+        """The seq of a new message: seqs only grow, so seq order is publish order."""
+        self.next_seq += 1
+        self.dirty = True
+        return self.next_seq - 1
+
+    def add(self, counter: str, delta: int) -> None:
+        self.counters[counter] += delta
+        self.dirty = True
+
+    @property
+    def total(self) -> int:
+        return self.counters["total"]
+
+
+class Mutation:
+    """Applies one command's changes to `txn` at effective time `now`."""
+
+    def __init__(self, txn: lmdb.Transaction[bytes], dbs: Dbs, now: int) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self.now = now
+        self._queues: dict[str, QueueState | None] = {}
+
+    # Queues
+
+    def queue(self, name: str) -> QueueState | None:
+        if name not in self._queues:
+            raw = self.txn.get(name.encode(), db=self.dbs.queues)
+            self._queues[name] = (
+                None if raw is None else QueueState.from_record(name, keys.decode(raw))
+            )
+        return self._queues[name]
+
+    def create_queue(self, name: str, config: dict[str, Any]) -> QueueState:
+        state = QueueState(
+            name=name,
+            qkey=keys.qkey(name),
+            config=config,
+            next_seq=1,
+            counters=dict.fromkeys(COUNTERS, 0),
+            dirty=True,
+        )
+        self._queues[name] = state
+        return state
+
+    def delete_queue(self, q: QueueState) -> None:
+        self.purge(q)
+        self._delete_prefix(self.dbs.dedup, q.qkey)
+        self._delete_prefix(self.dbs.dedup_age, q.qkey)
+        self.txn.delete(q.name.encode(), db=self.dbs.queues)
+        self._queues[q.name] = None
+
+    def purge(self, q: QueueState) -> int:
+        """Drop every message of `q` whatever its state; returns how many."""
+        purged = q.total
+        self._delete_prefix(self.dbs.messages, q.qkey)
+        self._delete_prefix(self.dbs.ready, q.qkey)
+        self._delete_prefix(self.dbs.timers, q.qkey)
+        for counter in ("total", *_STATE_COUNTER.values()):
+            q.add(counter, -q.counters[counter])
+        return purged
+
+    def flush(self) -> None:
+        """Write back every queue record this command changed."""
+        for name in sorted(self._queues):
+            state = self._queues[name]
+            if state is not None and state.dirty:
+                self.txn.put(name.encode(), keys.encode(state.record()), db=self.dbs.queues)
+                state.dirty = False
+
+    # Messages
+
+    def message(self, q: QueueState, seq: int) -> Message | None:
+        raw = self.txn.get(keys.message_key(q.qkey, seq), db=self.dbs.messages)
+        return None if raw is None else dict(keys.decode(raw))
+
+    def enqueue(
+        self,
+        q: QueueState,
+        message_id: str,
+        body: str,
+        *,
+        headers: dict[str, Any],
+        encoding: str | None,
+        delay_ms: int | None,
+    ) -> int:
+        """Store a new message at the tail of `q`; delay_ms None means the queue's default."""
+        seq = q.take_seq()
+        message: Message = {
+            "id": message_id,
+            "body": body,
+            "headers": headers,
+            "published_at": self.now,
+            "deliveries": 0,
+        }
+        if encoding is not None:
+            message["encoding"] = encoding
+        ttl = q.config["message_ttl_ms"]
+        if ttl is not None:
+            message["expires_at"] = self.now + ttl
+        delay = q.config["delivery_delay_ms"] if delay_ms is None else delay_ms
+        if delay > 0:
+            message["state"] = DELAYED
+            message["due"] = self.now + delay
+        else:
+            message["state"] = READY
+        self._index(q, seq, message)
+        self._put(q, seq, message)
+        q.add("total", 1)
+        q.add(_STATE_COUNTER[message["state"]], 1)
+        q.add("published_total", 1)
+        return seq
+
+    def remove(self, q: QueueState, seq: int, message: Message) -> None:
+        self._unindex(q, seq, message)
+        self.txn.delete(keys.message_key(q.qkey, seq), db=self.dbs.messages)
+        q.add("total", -1)
+        q.add(_STATE_COUNTER[message["state"]], -1)
+
+    def make_ready(self, q: QueueState, seq: int, message: Message) -> None:
+        self._move(q, seq, message, READY, {})
+
+    def make_delayed(self, q: QueueState, seq: int, message: Message, delay_ms: int) -> None:
+        self._move(q, seq, message, DELAYED, {"due": self.now + delay_ms})
+
+    def lease(self, q: QueueState, seq: int, message: Message, token: str, lease_ms: int) -> None:
+        message["deliveries"] += 1
+        self._move(q, seq, message, LEASED, {"lease": token, "deadline": self.now + lease_ms})
+        q.add("delivered_total", 1)
+
+    def holds_lease(self, message: Message, token: str) -> bool:
+        """Whether `token` still leases `message`: a lease ends at its deadline."""
+        return bool(
+            message["state"] == LEASED
+            and message["lease"] == token
+            and message["deadline"] > self.now
+        )
+
+    def promote_due(self, q: QueueState, limit: int) -> None:
+        """Make ready the messages whose delay or lease ended, earliest first, at most `limit`."""
+        due_seqs: list[int] = []
+        with self.txn.cursor(db=self.dbs.timers) as cursor:
+            if cursor.set_range(q.qkey):
+                for key in cursor.iternext(keys=True, values=False):
+                    if not key.startswith(q.qkey) or len(due_seqs) >= limit:
+                        break
+                    due, seq = keys.split_timer_key(q.qkey, key)
+                    if due > self.now:
+                        break
+                    due_seqs.append(seq)
+        for seq in due_seqs:
+            message = self.message(q, seq)
+            if message is None:
+                raise CorruptRecord(f"timer of {q.name} points at missing message {seq}")
+            self.make_ready(q, seq, message)
+
+    def oldest(self, q: QueueState, count: int) -> list[tuple[int, Message]]:
+        """The `count` messages of `q` with the lowest seq, whatever their state."""
+        found: list[tuple[int, Message]] = []
+        with self.txn.cursor(db=self.dbs.messages) as cursor:
+            if cursor.set_range(q.qkey):
+                for key, value in cursor.iternext():
+                    if len(found) >= count or not key.startswith(q.qkey):
+                        break
+                    found.append((keys.seq_of(q.qkey, key), dict(keys.decode(value))))
+        return found
+
+    def scan_ready(self, q: QueueState, wanted: int, budget: int) -> list[Scanned]:
+        """Walk ready messages in FIFO (seq) order deciding each one's fate.
+
+        Stops once `wanted` messages are deliverable or `budget` records were
+        looked at. A message past its TTL or out of deliveries is returned with
+        the reason it must be dead-lettered; the others with None.
+        """
+        max_deliveries = q.config["max_deliveries"]
+        scanned: list[Scanned] = []
+        deliverable = 0
+        with self.txn.cursor(db=self.dbs.ready) as cursor:
+            if cursor.set_range(q.qkey):
+                for key in cursor.iternext(keys=True, values=False):
+                    if deliverable >= wanted or len(scanned) >= budget:
+                        break
+                    if not key.startswith(q.qkey):
+                        break
+                    seq = keys.seq_of(q.qkey, key)
+                    message = self.message(q, seq)
+                    if message is None:
+                        raise CorruptRecord(f"ready entry of {q.name} points at missing {seq}")
+                    expires_at = message.get("expires_at")
+                    reason: str | None = None
+                    if expires_at is not None and expires_at <= self.now:
+                        reason = REASON_EXPIRED
+                    elif max_deliveries is not None and message["deliveries"] >= max_deliveries:
+                        reason = REASON_MAX_DELIVERIES
+                    else:
+                        deliverable += 1
+                    scanned.append((seq, message, reason))
+        return scanned
+
+    # Publish deduplication
+
+    def dedup_published_at(self, q: QueueState, idk: bytes) -> int | None:
+        """When the id was last published to `q`, if an entry for it is still stored."""
+        raw = self.txn.get(keys.dedup_key(q.qkey, idk), db=self.dbs.dedup)
+        return None if raw is None else keys.dedup_published_at(raw)
+
+    def remember_publish(self, q: QueueState, idk: bytes, seq: int, previous: int | None) -> None:
+        """Record that the id was published now, replacing an outdated entry."""
+        if previous is not None:
+            self.txn.delete(keys.dedup_age_key(q.qkey, previous, idk), db=self.dbs.dedup_age)
+        self.txn.put(
+            keys.dedup_key(q.qkey, idk), keys.dedup_value(seq, self.now), db=self.dbs.dedup
+        )
+        self.txn.put(keys.dedup_age_key(q.qkey, self.now, idk), b"", db=self.dbs.dedup_age)
+
+    def expire_dedup(self, q: QueueState, cutoff: int, limit: int) -> None:
+        """Forget up to `limit` of the oldest entries published at or before `cutoff`."""
+        expired: list[bytes] = []
+        with self.txn.cursor(db=self.dbs.dedup_age) as cursor:
+            if cursor.set_range(q.qkey):
+                for key in cursor.iternext(keys=True, values=False):
+                    if len(expired) >= limit or not key.startswith(q.qkey):
+                        break
+                    if keys.U64.unpack_from(key, len(q.qkey))[0] > cutoff:
+                        break
+                    expired.append(key)
+        start = len(q.qkey) + keys.U64.size
+        for key in expired:
+            self.txn.delete(key, db=self.dbs.dedup_age)
+            self.txn.delete(keys.dedup_key(q.qkey, key[start:]), db=self.dbs.dedup)
+
+    # Dead-lettering and overflow
+
+    def dead_letter(
+        self, q: QueueState, seq: int, message: Message, reason: str, *, forward: bool = True
+    ) -> None:
+        """Take a message out of `q` and, when `forward`, republish it to the queue's DLQ.
+
+        Messages pushed out of a DLQ by its own drop_head overflow while it takes
+        a dead letter are not forwarded again (`forward=False`), which bounds the
+        work of one command and rules out DLQ cycles.
+        """
+        self.remove(q, seq, message)
+        q.add("dead_lettered_total", 1)
+        target_name = q.config["dead_letter_queue"]
+        if not forward or target_name is None or target_name == q.name:
+            return
+        target = self.queue(target_name)
+        if target is None:
+            return
+        limit = target.config["max_length"]
+        overflow = target.config["overflow"]
+        if limit is not None and overflow == OVERFLOW_REJECT and target.total + 1 > limit:
+            return
+        headers = dict(message["headers"])
+        headers[HEADER_REASON] = reason
+        headers[HEADER_SOURCE] = q.name
+        self.enqueue(
+            target,
+            message["id"],
+            message["body"],
+            headers=headers,
+            encoding=message.get("encoding"),
+            delay_ms=None,
+        )
+        if overflow == OVERFLOW_DROP_HEAD:
+            self.trim(target, forward=False)
+
+    def trim(self, q: QueueState, *, forward: bool) -> None:
+        """drop_head: dead-letter the oldest messages until `q` is within max_length."""
+        limit = q.config["max_length"]
+        if limit is None or q.total <= limit:
+            return
+        for seq, message in self.oldest(q, q.total - limit):
+            self.dead_letter(q, seq, message, REASON_MAX_LENGTH, forward=forward)
+
+    # Indexes
+
+    def _put(self, q: QueueState, seq: int, message: Message) -> None:
+        self.txn.put(keys.message_key(q.qkey, seq), keys.encode(message), db=self.dbs.messages)
+
+    def _move(
+        self, q: QueueState, seq: int, message: Message, state: str, fields: dict[str, Any]
+    ) -> None:
+        self._unindex(q, seq, message)
+        q.add(_STATE_COUNTER[message["state"]], -1)
+        for field in _STATE_FIELDS:
+            message.pop(field, None)
+        message["state"] = state
+        message.update(fields)
+        q.add(_STATE_COUNTER[state], 1)
+        self._index(q, seq, message)
+        self._put(q, seq, message)
+
+    def _index(self, q: QueueState, seq: int, message: Message) -> None:
+        state = message["state"]
+        if state == READY:
+            self.txn.put(keys.message_key(q.qkey, seq), b"", db=self.dbs.ready)
+        elif state == DELAYED:
+            key = keys.timer_key(q.qkey, message["due"], seq)
+            self.txn.put(key, keys.TIMER_DELAYED, db=self.dbs.timers)
+        else:
+            key = keys.timer_key(q.qkey, message["deadline"], seq)
+            self.txn.put(key, keys.TIMER_LEASE, db=self.dbs.timers)
+
+    def _unindex(self, q: QueueState, seq: int, message: Message) -> None:
+        state = message["state"]
+        if state == READY:
+            found = self.txn.delete(keys.message_key(q.qkey, seq), db=self.dbs.ready)
+        elif state == DELAYED:
+            found = self.txn.delete(keys.timer_key(q.qkey, message["due"], seq), db=self.dbs.timers)
+        else:
+            key = keys.timer_key(q.qkey, message["deadline"], seq)
+            found = self.txn.delete(key, db=self.dbs.timers)
+        if not found:
+            raise CorruptRecord(f"message {seq} of {q.name} is {state} but not indexed")
+
+    def _delete_prefix(self, db: lmdb._Database, prefix: bytes) -> None:
+        with self.txn.cursor(db=db) as cursor:
+            if not cursor.set_range(prefix):
+                return
+            while cursor.key().startswith(prefix):
+                if not cursor.delete():
+                    return

@@ -1,0 +1,219 @@
+"""The broker state in one LMDB environment, changed only by `Store.apply`.
+
+Apply is a deterministic function of (state, index, commands): no clock, no
+randomness, no threads. Replicas that apply the same Raft entries hold the same
+bytes, which `digest` lets tests and operators check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from types import TracebackType
+from typing import Any
+
+import lmdb
+
+from storage import keys
+from storage.commands import Command, Result, command_now, execute
+from storage.errors import InvalidCommand
+from storage.mutation import Dbs, Mutation
+
+
+def _by_name(named_db: tuple[bytes, object]) -> bytes:
+    return named_db[0]
+
+
+class Store:
+    """One replica's queues, messages and node registry."""
+
+    def __init__(self, path: str, *, map_size: int = 8 << 30, sync: bool = False) -> None:
+        self._path = path
+        self._env = lmdb.open(
+            path,
+            map_size=map_size,
+            max_dbs=len(keys.DB_NAMES),
+            subdir=True,
+            sync=sync,
+            metasync=sync,
+            writemap=False,
+            lock=True,
+            readahead=False,
+        )
+        with self._env.begin(write=True) as txn:
+            self._dbs = Dbs(*(self._env.open_db(name, txn=txn) for name in keys.DB_NAMES))
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._env.close()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def _meta(self, txn: lmdb.Transaction[bytes], key: bytes) -> int:
+        raw = txn.get(key, db=self._dbs.meta)
+        return 0 if raw is None else int(keys.U64.unpack(raw)[0])
+
+    def applied_index(self) -> int:
+        with self._env.begin() as txn:
+            return self._meta(txn, keys.APPLIED_INDEX)
+
+    def apply(self, index: int, commands: list[Command]) -> list[Result] | None:
+        """Apply one Raft entry in one write transaction; None when `index` is already applied.
+
+        Each command runs in a nested transaction: a command that fails is
+        rolled back alone and answered with status "invalid", the rest commit.
+        LMDB errors (map full, I/O) are not about the command and propagate:
+        skipping the command on this replica only would make it diverge.
+        """
+        txn = self._env.begin(write=True)
+        try:
+            if index <= self._meta(txn, keys.APPLIED_INDEX):
+                txn.abort()
+                return None
+            last_now = self._meta(txn, keys.LAST_NOW)
+            results: list[Result] = []
+            for cmd in commands:
+                result, last_now = self._apply_one(txn, cmd, last_now)
+                results.append(result)
+            txn.put(keys.APPLIED_INDEX, keys.U64.pack(index), db=self._dbs.meta)
+            txn.put(keys.LAST_NOW, keys.U64.pack(last_now), db=self._dbs.meta)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        return results
+
+    def _apply_one(
+        self, txn: lmdb.Transaction[bytes], cmd: Command, last_now: int
+    ) -> tuple[Result, int]:
+        child = self._env.begin(write=True, parent=txn)
+        try:
+            now = max(command_now(cmd), last_now)
+            result = execute(Mutation(child, self._dbs, now), cmd)
+        except lmdb.Error:
+            child.abort()
+            raise
+        except InvalidCommand as exc:
+            child.abort()
+            return {"status": "invalid", "message": str(exc)}, last_now
+        except Exception as exc:
+            child.abort()
+            return {"status": "invalid", "message": f"{type(exc).__name__}: {exc}"}, last_now
+        child.commit()
+        return result, now
+
+    def sync(self) -> None:
+        self._env.sync(True)
+
+    def copy_to(self, path: str) -> None:
+        """Write a compacted, consistent copy of the environment into directory `path`."""
+        os.makedirs(path, exist_ok=True)
+        self._env.copy(path, compact=True)
+
+    def digest(self) -> str:
+        """sha256 over every named database's entries, length-prefixed, in key order."""
+        h = hashlib.sha256()
+        with self._env.begin() as txn:
+            for name, db in sorted(zip(keys.DB_NAMES, self._dbs, strict=True), key=_by_name):
+                h.update(len(name).to_bytes(4, "big") + name)
+                with txn.cursor(db=db) as cursor:
+                    for key, value in cursor:
+                        h.update(len(key).to_bytes(4, "big") + key)
+                        h.update(len(value).to_bytes(8, "big") + value)
+                h.update(b"\xff" * 4)
+        return h.hexdigest()
+
+    # Read side: each call is one read transaction at the caller's now.
+
+    def _now(self, txn: lmdb.Transaction[bytes], now_ms: int) -> int:
+        """The caller's clock, never behind the time applied commands already saw."""
+        return max(now_ms, self._meta(txn, keys.LAST_NOW))
+
+    def _view(
+        self, txn: lmdb.Transaction[bytes], name: str, record: dict[str, Any], now: int
+    ) -> dict[str, Any]:
+        """Visible stats: timers due by `now` count as ready even before a receive promotes them."""
+        q = keys.qkey(name)
+        due_delayed = 0
+        due_leases = 0
+        with txn.cursor(db=self._dbs.timers) as cursor:
+            if cursor.set_range(q):
+                for key, kind in cursor.iternext():
+                    if not key.startswith(q) or keys.split_timer_key(q, key)[0] > now:
+                        break
+                    if kind == keys.TIMER_DELAYED:
+                        due_delayed += 1
+                    else:
+                        due_leases += 1
+        counters = record["counters"]
+        return {
+            "name": name,
+            "config": record["config"],
+            "ready": counters["ready_count"] + due_delayed + due_leases,
+            "in_flight": counters["leased_count"] - due_leases,
+            "delayed": counters["delayed_count"] - due_delayed,
+            "total": counters["total"],
+            "published_total": counters["published_total"],
+            "delivered_total": counters["delivered_total"],
+            "acked_total": counters["acked_total"],
+            "dead_lettered_total": counters["dead_lettered_total"],
+        }
+
+    def get_queue(self, name: str, now_ms: int) -> dict[str, Any] | None:
+        if not keys.is_queue_name(name):
+            return None
+        with self._env.begin() as txn:
+            raw = txn.get(name.encode(), db=self._dbs.queues)
+            if raw is None:
+                return None
+            return self._view(txn, name, keys.decode(raw), self._now(txn, now_ms))
+
+    def list_queues(self, now_ms: int) -> list[dict[str, Any]]:
+        with self._env.begin() as txn:
+            now = self._now(txn, now_ms)
+            with txn.cursor(db=self._dbs.queues) as cursor:
+                records = [(key.decode(), keys.decode(value)) for key, value in cursor]
+            return [self._view(txn, name, record, now) for name, record in records]
+
+    def has_deliverable(self, name: str, now_ms: int) -> bool:
+        """Cheap long-poll hint: a ready message or a timer already due (may be a dead letter)."""
+        if not keys.is_queue_name(name):
+            return False
+        with self._env.begin() as txn:
+            raw = txn.get(name.encode(), db=self._dbs.queues)
+            if raw is None:
+                return False
+            if keys.decode(raw)["counters"]["ready_count"] > 0:
+                return True
+            due = self._first_due(txn, name)
+            return due is not None and due <= self._now(txn, now_ms)
+
+    def next_due_ms(self, name: str) -> int | None:
+        """Earliest delay end or lease deadline of the queue, possibly already past."""
+        if not keys.is_queue_name(name):
+            return None
+        with self._env.begin() as txn:
+            return self._first_due(txn, name)
+
+    def _first_due(self, txn: lmdb.Transaction[bytes], name: str) -> int | None:
+        q = keys.qkey(name)
+        with txn.cursor(db=self._dbs.timers) as cursor:
+            if cursor.set_range(q) and cursor.key().startswith(q):
+                return keys.split_timer_key(q, cursor.key())[0]
+        return None
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        with self._env.begin() as txn, txn.cursor(db=self._dbs.nodes) as cursor:
+            return {key.decode(): keys.decode(value) for key, value in cursor}
