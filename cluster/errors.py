@@ -23,3 +23,11 @@ class UnknownOutcome(ClusterError):
 
 class Overloaded(ClusterError):
     """Too many proposals are waiting; the caller should back off and retry."""
+
+
+class MembershipRefused(ClusterError):
+    """A membership change that is unsafe now or conflicts with one in progress."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code

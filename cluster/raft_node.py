@@ -1,12 +1,16 @@
 """The Raft node as node/ sees it: propose, read, status, wake-ups."""
 
 import asyncio
+import concurrent.futures
 import logging
 import os
+import queue
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from cluster.errors import NoLeader, NotLeader
+from pysyncobj import FAIL_REASON
+
+from cluster.errors import MembershipRefused, NoLeader, NotLeader, UnknownOutcome
 from cluster.proposer import Proposer
 from cluster.settings import RaftSettings
 from cluster.state_machine import ReplicatedBroker
@@ -32,11 +36,15 @@ class RaftNode:
             sync=False,
         )
         self.leader_changes = 0
+        self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._broker = ReplicatedBroker(settings, self.holder, self._applied)
+        self._broker.addOnTickCallback(self._run_tick_calls)
         self._proposer: Proposer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind the proposer to the event loop that will await proposals."""
+        self._loop = loop
         self._proposer = Proposer(
             lambda payload, callback: self._broker.apply_batch(payload, callback=callback),
             loop,
@@ -118,6 +126,133 @@ class RaftNode:
             "members": members,
             "match_index": match_index,
         }
+
+    def _run_tick_calls(self) -> None:
+        while True:
+            try:
+                call = self._tick_calls.get_nowait()
+            except queue.Empty:
+                return
+            call()
+
+    def on_tick_thread(self, fn: Callable[[], T]) -> "concurrent.futures.Future[T]":
+        """Run `fn` on the Raft tick thread (pysyncobj state is not thread-safe)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._tick_calls.put(run)
+        return future
+
+    async def _raft_call(
+        self, start: Callable[[Callable[[Any, int], None]], object], what: str
+    ) -> None:
+        """Start a pysyncobj operation that reports through a callback, and await it."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+
+        def settle(error: int) -> None:
+            if not done.done():
+                done.set_result(error)
+
+        def callback(_result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(settle, error)
+
+        start(callback)
+        try:
+            error = await asyncio.wait_for(done, self.settings.proposal_timeout_s)
+        except TimeoutError:
+            raise UnknownOutcome(f"{what}: no outcome within the proposal deadline") from None
+        if error == FAIL_REASON.REQUEST_DENIED:
+            raise MembershipRefused(
+                "membership_change_in_progress",
+                f"{what} refused: another membership change is not committed yet, "
+                "or this leader has not committed its first entry",
+            )
+        if error == FAIL_REASON.MISSING_LEADER:
+            raise NoLeader(f"{what}: no leader")
+        if error != FAIL_REASON.SUCCESS:
+            raise UnknownOutcome(f"{what}: Raft gave no outcome (reason {error})")
+
+    def members(self) -> list[str]:
+        """Raft addresses of the voting members as this node knows them, itself included."""
+        return sorted(m["raft"] for m in self.status()["members"])
+
+    def live_members(self) -> set[str]:
+        """Members this node is connected to, plus itself."""
+        return {m["raft"] for m in self.status()["members"] if m["state"] in ("self", "connected")}
+
+    async def add_member(self, raft_address: str) -> None:
+        """Add a voting member; committed (on the old and new majority) when this returns."""
+        self.require_leader()
+        members = self.members()
+        if raft_address in members:
+            return
+        new_size = len(members) + 1
+        live = len(self.live_members())
+        if live <= new_size // 2:
+            raise MembershipRefused(
+                "would_lose_quorum",
+                f"only {live} of {len(members)} members are reachable; a cluster of {new_size} "
+                f"needs {new_size // 2 + 1} to commit, so the change could not complete",
+            )
+        await self._raft_call(
+            lambda cb: self._broker.addNodeToCluster(raft_address, callback=cb),
+            f"adding {raft_address}",
+        )
+
+    async def remove_member(self, raft_address: str) -> None:
+        """Remove a voting member (not this node: the leader hands over leadership first)."""
+        self.check_removal(raft_address)
+        await self._raft_call(
+            lambda cb: self._broker.removeNodeFromCluster(raft_address, callback=cb),
+            f"removing {raft_address}",
+        )
+
+    def check_removal(self, raft_address: str) -> None:
+        """Raise MembershipRefused unless removing `raft_address` is safe now."""
+        self.require_leader()
+        members = self.members()
+        if raft_address not in members:
+            raise MembershipRefused("not_a_member", f"{raft_address} is not a member")
+        if raft_address == self.settings.raft_address:
+            raise MembershipRefused("is_leader", "transfer leadership before removing the leader")
+        remaining = [m for m in members if m != raft_address]
+        live = len(self.live_members() & set(remaining))
+        if live <= len(remaining) // 2:
+            raise MembershipRefused(
+                "would_lose_quorum",
+                f"after removing {raft_address}, only {live} of the {len(remaining)} remaining "
+                f"members are reachable; a majority ({len(remaining) // 2 + 1}) must be live",
+            )
+
+    async def transfer_leadership(self, attempts: int = 100) -> None:
+        """Ask the most caught-up connected follower to take over now (Raft TimeoutNow).
+
+        pysyncobj refuses while no follower has the leader's last entry, which
+        under load is most of the time: retry briefly until one has caught up.
+        """
+        for attempt in range(attempts):
+            self.require_leader()
+            try:
+                await self._raft_call(
+                    lambda cb: self.on_tick_thread(
+                        lambda: self._broker.transferLeadership(None, cb)
+                    ),
+                    "leadership transfer",
+                )
+                return
+            except MembershipRefused:
+                if attempt == attempts - 1:
+                    raise MembershipRefused(
+                        "no_caught_up_follower",
+                        "no connected follower caught up with the leader in time",
+                    ) from None
+                await asyncio.sleep(0.02)
 
     def force_snapshot(self) -> None:
         self._broker.forceLogCompaction()

@@ -4,7 +4,9 @@
 """
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
 import sys
 
@@ -12,8 +14,9 @@ import uvloop
 from aiohttp import web
 
 from cluster.raft_node import RaftNode
-from node.app import make_app
+from node.app import STOP, make_app
 from node.config import NodeConfig, parse_config
+from node.membership import join_cluster, load_peers, save_peers, was_removed
 
 logger = logging.getLogger("raftmq.node")
 
@@ -21,7 +24,27 @@ logger = logging.getLogger("raftmq.node")
 SHUTDOWN_GRACE_S = 5.0
 
 
+async def _initial_peers(config: NodeConfig) -> NodeConfig:
+    """Members to start with: remembered ones on restart, the cluster's on a first join."""
+    first_start = not os.path.exists(os.path.join(config.raft.data_dir, "raft", "journal.bin"))
+    if config.join and first_start:
+        member = {
+            "id": config.node_id,
+            "raft": config.raft.raft_address,
+            "http": config.advertise_http,
+        }
+        logger.info("joining the cluster at %s", config.join)
+        members = await join_cluster(config.join, member)
+    else:
+        members = load_peers(config.raft.data_dir) or list(config.raft.peers)
+    peers = tuple(m for m in members if m != config.raft.raft_address)
+    os.makedirs(config.raft.data_dir, exist_ok=True)
+    save_peers(config.raft.data_dir, [config.raft.raft_address, *peers])
+    return dataclasses.replace(config, raft=dataclasses.replace(config.raft, peers=peers))
+
+
 async def serve(config: NodeConfig) -> None:
+    config = await _initial_peers(config)
     raft = RaftNode(config.raft)
     app = make_app(raft, config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -42,7 +65,7 @@ async def serve(config: NodeConfig) -> None:
         config.raft.raft_address,
         ",".join(config.raft.peers) or "-",
     )
-    stop = asyncio.Event()
+    stop = app[STOP]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -62,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s [{config.node_id}] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if was_removed(config.raft.data_dir):
+        logger.error(
+            "%s was removed from its cluster; to add this machine again, start it with an "
+            "empty data dir and --join URL",
+            config.raft.data_dir,
+        )
+        return 2
     uvloop.run(serve(config))
     return 0
 

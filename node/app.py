@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from cluster.errors import ClusterError, NotLeader
+from node import membership
 from node.config import NodeConfig
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
 from node.ports import RaftPort
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 RAFT = web.AppKey("raft", RaftPort)
 CONFIG = web.AppKey("config", NodeConfig)
 WAITERS = web.AppKey("waiters", QueueWaiters)
+MEMBERSHIP_LOCK = web.AppKey("membership_lock", asyncio.Lock)
+# Set when this node should stop: SIGTERM, or its removal from the cluster.
+STOP = web.AppKey("stop", asyncio.Event)
 
 # Commands after whose apply a long-polling receive may find something.
 _WAKING_OPS = {"publish", "nack", "delete_queue", "purge_queue", "declare_queue"}
@@ -350,12 +354,31 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "leader": raft.leader_raft()})
 
 
+async def post_member(request: web.Request) -> web.Response:
+    status, body = await membership.add_member(
+        request.app[RAFT], request.app[MEMBERSHIP_LOCK], await read_json(request)
+    )
+    return json_response(body, status)
+
+
+async def delete_member(request: web.Request) -> web.Response:
+    body = await membership.remove_member(
+        request.app[RAFT],
+        request.app[MEMBERSHIP_LOCK],
+        request.match_info["member"],
+        request.app[CONFIG].raft.raft_address,
+    )
+    return json_response(body)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/", dashboard),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/v1/cluster", cluster_status),
+        web.post("/v1/cluster/members", post_member),
+        web.delete("/v1/cluster/members/{member}", delete_member),
         web.get("/v1/queues", list_queues),
         web.put("/v1/queues/{queue}", declare_queue),
         web.get("/v1/queues/{queue}", get_queue),
@@ -372,21 +395,37 @@ def _wake_listener(
     app: web.Application, loop: asyncio.AbstractEventLoop
 ) -> Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]:
     waiters = app[WAITERS]
+    self_raft = app[CONFIG].raft.raft_address
+    data_dir = app[CONFIG].raft.data_dir
+    stop = app[STOP]
 
     def on_applied(commands: list[dict[str, Any]], _results: list[dict[str, Any]]) -> None:
         queues = {str(c.get("queue")) for c in commands if c.get("op") in _WAKING_OPS}
         if queues:
             loop.call_soon_threadsafe(waiters.notify, queues)
+        if any(c.get("op") == "unregister_node" and c.get("raft") == self_raft for c in commands):
+            logger.warning("this node was removed from the cluster; stopping")
+            membership.mark_removed(data_dir)
+            loop.call_soon_threadsafe(stop.set)
 
     return on_applied
 
 
 async def _registration(app: web.Application) -> None:
-    """Record this node's HTTP URL in the replicated registry, so any node can redirect here."""
+    """Record this node's HTTP URL in the replicated registry, so any node can redirect here.
+
+    Also remembers the current members in the data dir, so a restart reaches
+    members added after this node was first started.
+    """
     raft = app[RAFT]
     config = app[CONFIG]
     expected = {"id": config.node_id, "http": config.advertise_http}
+    saved_members: list[str] | None = membership.load_peers(config.raft.data_dir)
     while True:
+        members = raft.members()
+        if members != saved_members and raft.leader_raft() is not None:
+            membership.save_peers(config.raft.data_dir, members)
+            saved_members = members
         current = raft.read(lambda store: store.nodes()).get(config.raft.raft_address)
         stale = current is None or any(current.get(k) != v for k, v in expected.items())
         if stale and raft.leader_raft() is not None:
@@ -424,6 +463,8 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     app[RAFT] = raft
     app[CONFIG] = config
     app[WAITERS] = QueueWaiters(config.limits.max_waiters)
+    app[MEMBERSHIP_LOCK] = asyncio.Lock()
+    app[STOP] = asyncio.Event()
     app.cleanup_ctx.append(_background)
     app.add_routes(routes())
     return app

@@ -31,6 +31,7 @@ class NodeConfig:
     raft: RaftSettings
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
+    join: str | None = None
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -66,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fdatasync the Raft journal before answering (default: always)",
     )
     parser.add_argument("--cluster-secret", help="password that encrypts Raft traffic")
+    parser.add_argument(
+        "--join",
+        metavar="URL",
+        help="on first start (empty data dir), ask the cluster at URL to add this node",
+    )
     parser.add_argument(
         "--snapshot-entries",
         type=int,
@@ -105,4 +111,5 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         advertise_http=(args.advertise_http or f"http://{args.http}").rstrip("/"),
         raft=raft,
         log_level=args.log_level.upper(),
+        join=args.join,
     )

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from cluster.errors import ClusterError, NoLeader, Overloaded, UnknownOutcome
+from cluster.errors import ClusterError, MembershipRefused, NoLeader, Overloaded, UnknownOutcome
 
 
 class ApiError(Exception):
@@ -42,6 +42,8 @@ _RESULT_ERRORS: dict[str, tuple[int, str]] = {
 
 
 def from_cluster_error(exc: ClusterError) -> ApiError:
+    if isinstance(exc, MembershipRefused):
+        return ApiError(409, exc.code, str(exc))
     status, code, retry_after = _CLUSTER_ERRORS.get(type(exc), (503, "unavailable", "1"))
     return ApiError(status, code, str(exc), {"Retry-After": retry_after})
 

@@ -120,6 +120,7 @@ class NodeProc:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    join_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -137,18 +138,55 @@ class LocalTestCluster:
         self.root = root
         self.extra_args = list(extra_args or [])
         self.nodes: list[NodeProc] = []
-        for i in range(1, size + 1):
-            data_dir = root / f"n{i}"
-            data_dir.mkdir(parents=True, exist_ok=True)
-            self.nodes.append(
-                NodeProc(
-                    node_id=f"n{i}",
-                    raft=f"127.0.0.1:{free_port()}",
-                    http_port=free_port(),
-                    data_dir=data_dir,
-                    log_path=root / f"n{i}.log",
-                )
-            )
+        self.founders: list[NodeProc] = []
+        for _ in range(size):
+            self.founders.append(self._new_node())
+
+    def _new_node(self) -> NodeProc:
+        node_id = f"n{len(self.nodes) + 1}"
+        data_dir = self.root / node_id
+        data_dir.mkdir(parents=True, exist_ok=True)
+        node = NodeProc(
+            node_id=node_id,
+            raft=f"127.0.0.1:{free_port()}",
+            http_port=free_port(),
+            data_dir=data_dir,
+            log_path=self.root / f"{node_id}.log",
+        )
+        self.nodes.append(node)
+        return node
+
+    def add_node(self, join_via: NodeProc) -> NodeProc:
+        """Start a new node with an empty data dir that joins through `join_via`."""
+        node = self._new_node()
+        node.join_url = join_via.url
+        self.start_node(node)
+        return node
+
+    def remove_node(self, node: NodeProc, via: NodeProc) -> dict[str, Any]:
+        """DELETE the member through `via`, following redirects; return the answer."""
+        url = via.url + f"/v1/cluster/members/{node.node_id}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            resp = request("DELETE", url, timeout_s=30)
+            if resp.status == 307:
+                url = resp.headers["location"]
+                continue
+            if resp.status == 503:  # election after a leadership hand-over: retry, as ctl does
+                url = via.url + f"/v1/cluster/members/{node.node_id}"
+                time.sleep(0.2)
+                continue
+            assert resp.status == 200, resp.body
+            body: dict[str, Any] = resp.body
+            return body
+        raise AssertionError(
+            f"could not remove {node.node_id} within 60 s; last answer {resp.status} {resp.body}"
+        )
+
+    @property
+    def members(self) -> list[NodeProc]:
+        """Nodes that are running (removed nodes stop themselves)."""
+        return [n for n in self.nodes if n.alive]
 
     @property
     def urls(self) -> list[str]:
@@ -161,7 +199,7 @@ class LocalTestCluster:
         return self
 
     def start_node(self, node: NodeProc) -> None:
-        peers = ",".join(n.raft for n in self.nodes if n is not node)
+        peers = ",".join(n.raft for n in self.founders if n is not node)
         args = [
             sys.executable,
             "-m",
@@ -175,7 +213,8 @@ class LocalTestCluster:
             "--http",
             f"127.0.0.1:{node.http_port}",
             "--peers",
-            peers,
+            "" if node.join_url else peers,
+            *(["--join", node.join_url] if node.join_url else []),
             *self.extra_args,
         ]
         log = open(node.log_path, "ab")  # noqa: SIM115 - the child owns it until it exits

@@ -65,6 +65,24 @@ class FakeRaft:
     def is_ready(self) -> bool:
         return self.leader is not None
 
+    def members(self) -> list[str]:
+        return [self.self_raft]
+
+    def live_members(self) -> set[str]:
+        return {self.self_raft}
+
+    async def add_member(self, raft_address: str) -> None:
+        raise NotLeader(self.leader)
+
+    async def remove_member(self, raft_address: str) -> None:
+        raise NotLeader(self.leader)
+
+    def check_removal(self, raft_address: str) -> None:
+        raise NotLeader(self.leader)
+
+    async def transfer_leadership(self) -> None:
+        raise NotLeader(self.leader)
+
     def status(self) -> dict[str, Any]:
         return {
             "role": "leader" if self.is_leader() else "follower",
@@ -86,13 +104,13 @@ async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
 
 
 @pytest.fixture
-async def client(fake: FakeRaft) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     config = NodeConfig(
         node_id="n1",
         http_host="127.0.0.1",
         http_port=0,
         advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir="unused"),
+        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
     )
     async with TestClient(TestServer(make_app(fake, config))) as test_client:
         yield test_client

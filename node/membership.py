@@ -1,0 +1,201 @@
+"""Cluster membership over HTTP: add and remove members, join at start-up, remembered peers."""
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from cluster.errors import NoLeader, NotLeader
+from node.errors import ApiError, bad_request
+from node.ports import RaftPort
+from node.validation import NAME_RE, expect_object, reject_unknown
+
+logger = logging.getLogger(__name__)
+
+PEERS_FILE = "peers.json"
+# Written by a node that applied its own removal: its data dir must not rejoin as is.
+REMOVED_FILE = "REMOVED"
+
+
+class JoinRefused(Exception):
+    """The cluster answered the join with a definite refusal (bad id, address, ...)."""
+
+
+# How long a leader that hands over leadership waits to see the new leader.
+HANDOVER_WAIT_S = 5.0
+# How long a removal waits for the member to apply its unregistration and stop.
+REPLICATION_WAIT_S = 5.0
+
+
+def _address(value: Any, field: str) -> str:
+    if not isinstance(value, str) or ":" not in value or not value.rsplit(":", 1)[1].isdigit():
+        raise bad_request(f"{field} must be HOST:PORT")
+    return value
+
+
+def parse_member(body: Any) -> dict[str, str]:
+    body = expect_object(body)
+    reject_unknown(body, {"id", "raft", "http"})
+    node_id, http = body.get("id"), body.get("http")
+    if not isinstance(node_id, str) or not NAME_RE.match(node_id):
+        raise bad_request("id must be a node id of 1-200 of A-Z a-z 0-9 . _ -")
+    if not isinstance(http, str) or not http.startswith(("http://", "https://")):
+        raise bad_request("http must be the node's advertised http(s) URL")
+    return {"id": node_id, "raft": _address(body.get("raft"), "raft"), "http": http.rstrip("/")}
+
+
+def member_list(raft: RaftPort) -> list[dict[str, Any]]:
+    registry = raft.read(lambda store: store.nodes())
+    return [
+        {"raft": m, "id": registry.get(m, {}).get("id"), "http": registry.get(m, {}).get("http")}
+        for m in raft.members()
+    ]
+
+
+def find_member(raft: RaftPort, key: str) -> str | None:
+    """The raft address of the member named by node id or raft address."""
+    members = raft.members()
+    if key in members:
+        return key
+    registry = raft.read(lambda store: store.nodes())
+    for address, info in registry.items():
+        if info.get("id") == key and address in members:
+            return address
+    return None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def add_member(raft: RaftPort, lock: asyncio.Lock, body: Any) -> tuple[int, dict[str, Any]]:
+    member = parse_member(body)
+    raft.require_leader()
+    if lock.locked():
+        raise ApiError(409, "membership_change_in_progress", "another membership change is running")
+    async with lock:
+        existed = member["raft"] in raft.members()
+        # Registered first, so that every node can redirect to it once it leads.
+        await raft.propose_as_leader({"op": "register_node", "now_ms": now_ms(), **member})
+        await raft.add_member(member["raft"])
+    logger.info(
+        "member %s (%s) %s", member["id"], member["raft"], "present" if existed else "added"
+    )
+    return (200 if existed else 201), {"members": member_list(raft)}
+
+
+async def remove_member(
+    raft: RaftPort, lock: asyncio.Lock, key: str, self_raft: str
+) -> dict[str, Any]:
+    raft.require_leader()
+    address = find_member(raft, key)
+    if address is None:
+        raise ApiError(404, "member_not_found", f"no member {key!r} in this cluster")
+    if address == self_raft:
+        await _hand_over(raft, self_raft)
+    if lock.locked():
+        raise ApiError(409, "membership_change_in_progress", "another membership change is running")
+    async with lock:
+        raft.check_removal(address)
+        # Unregister while the node is still a member: it applies this entry and
+        # stops itself. After the removal commits it would receive nothing more.
+        await raft.propose_as_leader({"op": "unregister_node", "raft": address, "now_ms": now_ms()})
+        await _until_stopped(raft, address)
+        await raft.remove_member(address)
+    logger.info("member %s removed", address)
+    return {"removed": address, "members": member_list(raft)}
+
+
+async def _until_stopped(raft: RaftPort, address: str) -> None:
+    """Wait (bounded) until the member, having applied its unregistration, disconnects.
+
+    Removing it from Raft first would stop replication to it before it learns
+    that its unregistration committed, and it would run on as a stray node.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REPLICATION_WAIT_S
+    while loop.time() < deadline and address in raft.live_members():
+        await asyncio.sleep(0.01)
+
+
+async def _hand_over(raft: RaftPort, self_raft: str) -> None:
+    """The leader cannot remove itself: make another node lead, then send the client there."""
+    logger.info("removing the leader itself: handing leadership over first")
+    await raft.transfer_leadership()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANDOVER_WAIT_S
+    while loop.time() < deadline:
+        leader = raft.leader_raft()
+        if leader is not None and leader != self_raft:
+            logger.info("leadership handed over to %s", leader)
+            raise NotLeader(leader)
+        await asyncio.sleep(0.02)
+    raise NoLeader("leadership was handed over but no new leader is known yet; retry")
+
+
+def load_peers(data_dir: str) -> list[str] | None:
+    """The members this node last saw, or None when it never saved any."""
+    path = os.path.join(data_dir, PEERS_FILE)
+    try:
+        with open(path, "rb") as f:
+            peers = orjson.loads(f.read())
+    except FileNotFoundError:
+        return None
+    return [str(p) for p in peers]
+
+
+def save_peers(data_dir: str, members: list[str]) -> None:
+    path = os.path.join(data_dir, PEERS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(sorted(members)))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def join_cluster(
+    join_url: str, member: dict[str, str], deadline_s: float = 120.0
+) -> list[str]:
+    """Ask the cluster at `join_url` to add this node; return the members' raft addresses.
+
+    Redirects lead to the leader; 503 and connection errors are retried until
+    the deadline, so a join during an election still succeeds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    url = join_url.rstrip("/") + "/v1/cluster/members"
+    last_error = "no answer"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        while loop.time() < deadline:
+            try:
+                async with session.post(url, data=orjson.dumps(member)) as resp:
+                    payload = await resp.read()
+                    if resp.status in (200, 201):
+                        members = orjson.loads(payload)["members"]
+                        return [str(m["raft"]) for m in members]
+                    if resp.status < 500 and resp.status != 409:
+                        raise JoinRefused(
+                            f"join refused ({resp.status}): {payload.decode(errors='replace')}"
+                        )
+                    last_error = f"{resp.status} {payload[:200].decode(errors='replace')}"
+            except aiohttp.ClientError as exc:
+                last_error = str(exc)
+            logger.info("join not done yet (%s); retrying", last_error)
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"could not join the cluster at {join_url}: {last_error}")
+
+
+def mark_removed(data_dir: str) -> None:
+    with open(os.path.join(data_dir, REMOVED_FILE), "w") as f:
+        f.write("this node was removed from its cluster\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def was_removed(data_dir: str) -> bool:
+    return os.path.exists(os.path.join(data_dir, REMOVED_FILE))
