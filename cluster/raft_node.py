@@ -41,6 +41,7 @@ class RaftNode:
         self._broker.addOnTickCallback(self._run_tick_calls)
         self._proposer: Proposer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._handing_over = False
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind the proposer to the event loop that will await proposals."""
@@ -78,6 +79,8 @@ class RaftNode:
         return await self.proposer.propose(command)
 
     def require_leader(self) -> None:
+        if self._handing_over:
+            raise NoLeader("leadership is being handed over; retry shortly")
         if self.is_leader():
             return
         leader = self.leader_raft()
@@ -230,29 +233,42 @@ class RaftNode:
                 f"members are reachable; a majority ({len(remaining) // 2 + 1}) must be live",
             )
 
-    async def transfer_leadership(self, attempts: int = 100) -> None:
-        """Ask the most caught-up connected follower to take over now (Raft TimeoutNow).
+    async def transfer_leadership(self, wait_s: float = 5.0) -> str:
+        """Hand leadership to the most caught-up follower; return the new leader's address.
 
-        pysyncobj refuses while no follower has the leader's last entry, which
-        under load is most of the time: retry briefly until one has caught up.
+        As the Raft thesis (3.10) requires and pysyncobj does not do, this leader
+        takes no new proposals during the transfer: otherwise under load its log
+        is always ahead of the target's, the target's election fails, and the
+        old leader is elected again. pysyncobj also refuses TimeoutNow until the
+        target holds the leader's last entry, so the request is repeated until
+        it has caught up.
         """
-        for attempt in range(attempts):
-            self.require_leader()
-            try:
-                await self._raft_call(
-                    lambda cb: self.on_tick_thread(
-                        lambda: self._broker.transferLeadership(None, cb)
-                    ),
-                    "leadership transfer",
-                )
-                return
-            except MembershipRefused:
-                if attempt == attempts - 1:
-                    raise MembershipRefused(
-                        "no_caught_up_follower",
-                        "no connected follower caught up with the leader in time",
-                    ) from None
-                await asyncio.sleep(0.02)
+        self.require_leader()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        self._handing_over = True
+        try:
+            sent = False
+            while loop.time() < deadline:
+                leader = self.leader_raft()
+                if leader is not None and leader != self.settings.raft_address:
+                    logger.info("leadership handed over to %s", leader)
+                    return leader
+                if not sent and self.is_leader():
+                    try:
+                        await self._raft_call(
+                            lambda cb: self.on_tick_thread(
+                                lambda: self._broker.transferLeadership(None, cb)
+                            ),
+                            "leadership transfer",
+                        )
+                        sent = True
+                    except MembershipRefused:
+                        pass
+                await asyncio.sleep(0.01)
+        finally:
+            self._handing_over = False
+        raise NoLeader("leadership transfer did not complete in time; retry")
 
     def force_snapshot(self) -> None:
         self._broker.forceLogCompaction()

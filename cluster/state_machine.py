@@ -9,6 +9,7 @@ import orjson
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from cluster.journal import install_journal, journal_of
+from cluster.raft_fixes import PipelinedReplication
 from cluster.settings import RaftSettings
 from cluster.snapshot import SnapshotCodec
 from cluster.store_holder import StoreHolder
@@ -53,7 +54,7 @@ def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> An
     )
 
 
-class ReplicatedBroker(SyncObj):  # type: ignore[misc]
+class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
     """pysyncobj's SyncObj with the broker as its state."""
 
     def __init__(

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from cluster.errors import NoLeader, NotLeader
+from cluster.errors import NotLeader
 from node.errors import ApiError, bad_request
 from node.ports import RaftPort
 from node.validation import NAME_RE, expect_object, reject_unknown
@@ -25,8 +25,6 @@ class JoinRefused(Exception):
     """The cluster answered the join with a definite refusal (bad id, address, ...)."""
 
 
-# How long a leader that hands over leadership waits to see the new leader.
-HANDOVER_WAIT_S = 5.0
 # How long a removal waits for the member to apply its unregistration and stop.
 REPLICATION_WAIT_S = 5.0
 
@@ -96,7 +94,7 @@ async def remove_member(
     if address is None:
         raise ApiError(404, "member_not_found", f"no member {key!r} in this cluster")
     if address == self_raft:
-        await _hand_over(raft, self_raft)
+        await _hand_over(raft)
     if lock.locked():
         raise ApiError(409, "membership_change_in_progress", "another membership change is running")
     async with lock:
@@ -122,19 +120,10 @@ async def _until_stopped(raft: RaftPort, address: str) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _hand_over(raft: RaftPort, self_raft: str) -> None:
+async def _hand_over(raft: RaftPort) -> None:
     """The leader cannot remove itself: make another node lead, then send the client there."""
     logger.info("removing the leader itself: handing leadership over first")
-    await raft.transfer_leadership()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + HANDOVER_WAIT_S
-    while loop.time() < deadline:
-        leader = raft.leader_raft()
-        if leader is not None and leader != self_raft:
-            logger.info("leadership handed over to %s", leader)
-            raise NotLeader(leader)
-        await asyncio.sleep(0.02)
-    raise NoLeader("leadership was handed over but no new leader is known yet; retry")
+    raise NotLeader(await raft.transfer_leadership())
 
 
 def load_peers(data_dir: str) -> list[str] | None:

@@ -80,7 +80,7 @@ class FakeRaft:
     def check_removal(self, raft_address: str) -> None:
         raise NotLeader(self.leader)
 
-    async def transfer_leadership(self) -> None:
+    async def transfer_leadership(self) -> str:
         raise NotLeader(self.leader)
 
     def status(self) -> dict[str, Any]:
