@@ -13,6 +13,7 @@ from pysyncobj import FAIL_REASON
 from cluster.errors import MembershipRefused, NoLeader, NotLeader, UnknownOutcome
 from cluster.proposer import Proposer
 from cluster.settings import RaftSettings
+from cluster.snapshot import snapshot_applied_index
 from cluster.state_machine import ReplicatedBroker
 from cluster.store_holder import StoreHolder
 from storage import Store
@@ -269,6 +270,19 @@ class RaftNode:
         finally:
             self._handing_over = False
         raise NoLeader("leadership transfer did not complete in time; retry")
+
+    def write_backup(self, path: str) -> "concurrent.futures.Future[int]":
+        """Write a consistent copy of the store (snapshot format) to `path`; its applied index.
+
+        Taken on the tick thread, like a snapshot, so no apply or store swap
+        runs during the copy.
+        """
+
+        def write() -> int:
+            self._broker.codec.serialize(path, None)
+            return snapshot_applied_index(path)
+
+        return self.on_tick_thread(write)
 
     def force_snapshot(self) -> None:
         self._broker.forceLogCompaction()

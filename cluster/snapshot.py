@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 from cluster.journal import DurableJournal
 from cluster.store_holder import StoreHolder
+from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +133,28 @@ def snapshot_applied_index(path: str) -> int:
     """The store applied index recorded in a snapshot file."""
     with open(path, "rb") as f:
         return _read_header(f).applied_index
+
+
+def restore_backup(path: str, store_dir: str, *, map_size: int) -> int:
+    """Seed an empty store directory from a backup; return the backup's applied index.
+
+    The restored state is detached from the old cluster's log (see
+    Store.detach_from_log): restore one node, start it as a new cluster, and
+    add the others with --join.
+    """
+    if os.path.exists(os.path.join(store_dir, "data.mdb")):
+        raise FileExistsError(f"{store_dir} already holds a store; restore into an empty data dir")
+    os.makedirs(store_dir, exist_ok=True)
+    with open(path, "rb") as f:
+        header = _read_header(f)
+        with open(os.path.join(store_dir, "data.mdb"), "wb") as out:
+            shutil.copyfileobj(f, out, _COPY_CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+    store = Store(store_dir, map_size=map_size)
+    try:
+        store.detach_from_log()
+        store.sync()
+    finally:
+        store.close()
+    return header.applied_index

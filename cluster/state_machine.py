@@ -68,6 +68,7 @@ class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
         self._holder = holder
         self._on_applied = on_applied
         codec = SnapshotCodec(holder, os.path.join(settings.data_dir, "tmp"))
+        self.codec = codec
         # Called from the tick thread only, once pysyncobj has created its journal.
         codec.attach_journal(lambda: journal_of(self))
         install_journal(settings.fsync)

@@ -14,6 +14,7 @@ import uvloop
 from aiohttp import web
 
 from cluster.raft_node import RaftNode
+from cluster.snapshot import restore_backup
 from node.app import STOP, make_app
 from node.config import NodeConfig, parse_config
 from node.membership import join_cluster, load_peers, save_peers, was_removed
@@ -92,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
             config.raft.data_dir,
         )
         return 2
+    state_dir = os.path.join(config.raft.data_dir, "state")
+    if config.restore and os.path.exists(os.path.join(state_dir, "data.mdb")):
+        logger.warning("%s already holds state: --restore ignored", config.raft.data_dir)
+    elif config.restore:
+        try:
+            applied = restore_backup(config.restore, state_dir, map_size=config.raft.lmdb_map_size)
+        except (OSError, ValueError) as exc:
+            logger.error("cannot restore %s: %s", config.restore, exc)
+            return 2
+        logger.info("restored %s (state at applied index %d)", config.restore, applied)
     uvloop.run(serve(config))
     return 0
 

@@ -5,6 +5,8 @@ import contextlib
 import functools
 import importlib.resources
 import logging
+import os
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -354,6 +356,30 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "leader": raft.leader_raft()})
 
 
+async def backup(request: web.Request) -> web.StreamResponse:
+    """A consistent copy of this node's state, streamed (snapshot format)."""
+    raft = request.app[RAFT]
+    work_dir = os.path.join(request.app[CONFIG].raft.data_dir, "tmp")
+    os.makedirs(work_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        path = os.path.join(tmp, "backup.bin")
+        applied = await asyncio.wrap_future(raft.write_backup(path))
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": 'attachment; filename="raftmq.backup"',
+                "X-Applied-Index": str(applied),
+            }
+        )
+        response.content_length = os.path.getsize(path)
+        await response.prepare(request)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
 async def post_member(request: web.Request) -> web.Response:
     status, body = await membership.add_member(
         request.app[RAFT], request.app[MEMBERSHIP_LOCK], await read_json(request)
@@ -378,6 +404,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/readyz", readyz),
         web.get("/v1/cluster", cluster_status),
         web.post("/v1/cluster/members", post_member),
+        web.get("/v1/backup", backup),
         web.delete("/v1/cluster/members/{member}", delete_member),
         web.get("/v1/queues", list_queues),
         web.put("/v1/queues/{queue}", declare_queue),

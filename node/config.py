@@ -32,6 +32,7 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
     join: str | None = None
+    restore: str | None = None
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="fdatasync the Raft journal before answering (default: always)",
     )
     parser.add_argument("--cluster-secret", help="password that encrypts Raft traffic")
+    parser.add_argument(
+        "--restore",
+        metavar="FILE",
+        help="seed an empty data dir from a backup (raftmq ctl backup) before starting",
+    )
     parser.add_argument(
         "--join",
         metavar="URL",
@@ -112,4 +118,5 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         raft=raft,
         log_level=args.log_level.upper(),
         join=args.join,
+        restore=args.restore,
     )

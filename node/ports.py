@@ -1,6 +1,7 @@
 """What node/ needs from the Raft node, stated by its user (tests fake it)."""
 
 import asyncio
+import concurrent.futures
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -31,6 +32,8 @@ class RaftPort(Protocol):
     def is_ready(self) -> bool: ...
 
     def status(self) -> dict[str, Any]: ...
+
+    def write_backup(self, path: str) -> concurrent.futures.Future[int]: ...
 
     def members(self) -> list[str]: ...
 

@@ -2,7 +2,8 @@
 
 * ``raftmq node ...``        one server process (delegates to ``node.__main__``);
 * ``raftmq cluster up ...``  N local nodes in the foreground (what ``make run`` does);
-* ``raftmq ctl ...``         client commands, aligned tables or ``--json``.
+* ``raftmq ctl ...``         client commands, aligned tables or ``--json``;
+* ``raftmq chaos run ...``   a bounded fault-injection run (delegates to ``chaos.run``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -132,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("node_args", nargs=argparse.REMAINDER)
 
+    chaos = sub.add_parser(
+        "chaos",
+        help="fault-injection runs (see `raftmq chaos run --help`)",
+        add_help=False,
+    )
+    chaos.add_argument("chaos_args", nargs=argparse.REMAINDER)
+
     cluster = sub.add_parser("cluster", help="run a local cluster")
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
     up = csub.add_parser("up", help="start N local nodes in the foreground (Ctrl-C stops them)")
@@ -193,6 +202,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("receipts", nargs="+", metavar="RECEIPT")
     p.add_argument("--delay", type=float, metavar="S")
 
+    p = ops.add_parser(
+        "members",
+        parents=[common],
+        help="cluster members with their state",
+        epilog="example: raftmq ctl --url http://127.0.0.1:7200 members",
+    )
+    p = ops.add_parser(
+        "leader",
+        parents=[common],
+        help="the current leader",
+        epilog="example: raftmq ctl --url http://127.0.0.1:7200 leader --json",
+    )
+    p = ops.add_parser(
+        "add-node",
+        parents=[common],
+        help="add a member (then start it with --join, or with the member list)",
+        epilog=(
+            "example: raftmq ctl --url http://127.0.0.1:7200 add-node n4 "
+            "127.0.0.1:7103 http://127.0.0.1:7203"
+        ),
+    )
+    p.add_argument("id")
+    p.add_argument("raft", metavar="RAFT_HOST:PORT")
+    p.add_argument("http", metavar="HTTP_URL")
+    p = ops.add_parser(
+        "remove-node",
+        parents=[common],
+        help="remove a member by id or raft address (it stops itself)",
+        epilog="example: raftmq ctl --url http://127.0.0.1:7200 remove-node n3",
+    )
+    p.add_argument("member", metavar="ID")
+    p = ops.add_parser(
+        "backup",
+        parents=[common],
+        help="save a consistent copy of one node's state (LMDB + applied index)",
+        epilog="example: raftmq ctl --url http://127.0.0.1:7200 backup --out raftmq.backup",
+    )
+    p.add_argument("--out", required=True, metavar="FILE")
+
     p = ops.add_parser("purge", parents=[common], help="drop every message in a queue")
     p.add_argument("queue")
     p = ops.add_parser("delete", parents=[common], help="delete a queue")
@@ -208,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "node":
         return run_node(args_list[1:])
+    if args_list and args_list[0] == "chaos":
+        return run_chaos(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
@@ -220,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "node":
         return run_node(list(args.node_args))
+    if args.command == "chaos":
+        return run_chaos(list(args.chaos_args))
     if args.command == "cluster":
         return cluster_up(args)
     return ctl(args)
@@ -230,6 +282,13 @@ def run_node(argv: list[str]) -> int:
     module = importlib.import_module("node.__main__")
     node_main: Callable[[list[str] | None], int | None] = module.main
     return int(node_main(argv) or 0)
+
+
+def run_chaos(argv: list[str]) -> int:
+    """Hands the rest of the command line to ``chaos.run`` (imported only when used)."""
+    module = importlib.import_module("chaos.run")
+    chaos_main: Callable[[list[str] | None], int] = module.main
+    return int(chaos_main(argv))
 
 
 # --------------------------------------------------------------- cluster up
@@ -499,7 +558,77 @@ def _delete(client: Client, args: argparse.Namespace, as_json: bool) -> None:
         _out(f"deleted queue '{args.queue}'")
 
 
+def _members_table(members: Sequence[Mapping[str, Any]], leader_raft: str | None) -> str:
+    rows = [
+        [
+            m.get("id"),
+            m.get("raft"),
+            m.get("http"),
+            "leader" if m.get("raft") == leader_raft else "",
+        ]
+        for m in members
+    ]
+    return table(["ID", "RAFT", "HTTP", "ROLE"], rows)
+
+
+def _members(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    info = client.cluster()
+    members = info.get("members") or []
+    if as_json:
+        _json_out(members)
+        return
+    _out(_members_table(members, (info.get("leader") or {}).get("raft")))
+
+
+def _leader(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    leader = client.cluster().get("leader")
+    if as_json:
+        _json_out(leader)
+        return
+    if not leader:
+        _out("none")
+        return
+    _out(f"{leader.get('id')} {leader.get('http')} ({leader.get('raft')})")
+
+
+def _add_node(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    members = client.add_member(args.id, args.raft, args.http)
+    if as_json:
+        _json_out(members)
+        return
+    _out(f"added {args.id}; start it with: raftmq node --id {args.id} --raft {args.raft} ...")
+    _out(_members_table(members, None))
+
+
+def _remove_node(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    members = client.remove_member(args.member)
+    if as_json:
+        _json_out(members)
+        return
+    _out(f"removed {args.member}")
+    _out(_members_table(members, None))
+
+
+def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    url = client.urls[0].rstrip("/") + "/v1/backup"
+    size = 0
+    with urllib.request.urlopen(url, timeout=args.timeout) as resp, open(args.out, "wb") as out:
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+            size += len(chunk)
+        applied = resp.headers.get("X-Applied-Index")
+    if as_json:
+        _json_out({"file": args.out, "bytes": size, "applied_index": int(applied or 0)})
+        return
+    _out(f"wrote {args.out}: {size} bytes, state at applied index {applied}")
+
+
 _OPS: dict[str, Callable[[Client, argparse.Namespace, bool], None]] = {
+    "members": _members,
+    "leader": _leader,
+    "add-node": _add_node,
+    "remove-node": _remove_node,
+    "backup": _backup,
     "status": _status,
     "queues": _queues,
     "declare": _declare,

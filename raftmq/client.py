@@ -273,6 +273,16 @@ def _op_cluster() -> _Call[JSONDict]:
     return _Call("GET", "/v1/cluster", _dict)
 
 
+def _op_add_member(node_id: str, raft: str, http: str) -> _Call[list[JSONDict]]:
+    body = _dumps({"id": node_id, "raft": raft, "http": http})
+    return _Call("POST", "/v1/cluster/members", lambda d: [dict(m) for m in d["members"]], body)
+
+
+def _op_remove_member(member: str) -> _Call[list[JSONDict]]:
+    path = f"/v1/cluster/members/{quote(member, safe='')}"
+    return _Call("DELETE", path, lambda d: [dict(m) for m in d["members"]])
+
+
 def _op_health() -> _Call[JSONDict]:
     return _Call("GET", "/healthz", _dict)
 
@@ -708,6 +718,14 @@ class Client(_Base):
         """Liveness of one node (default: the first URL), asked once without failover."""
         return self._run(_op_health(), url or self._urls[0])
 
+    def add_member(self, node_id: str, raft: str, http: str) -> list[JSONDict]:
+        """Adds a voting member (start it afterwards with the member list); returns members."""
+        return self._run(_op_add_member(node_id, raft, http))
+
+    def remove_member(self, member: str) -> list[JSONDict]:
+        """Removes a member by node id or raft address (the leader hands over first)."""
+        return self._run(_op_remove_member(member))
+
 
 # ----------------------------------------------------------------- async client
 
@@ -877,6 +895,14 @@ class AsyncClient(_Base):
     async def health(self, url: str | None = None) -> JSONDict:
         """Liveness of one node (default: the first URL), asked once without failover."""
         return await self._run(_op_health(), url or self._urls[0])
+
+    async def add_member(self, node_id: str, raft: str, http: str) -> list[JSONDict]:
+        """Adds a voting member (start it afterwards with the member list); returns members."""
+        return await self._run(_op_add_member(node_id, raft, http))
+
+    async def remove_member(self, member: str) -> list[JSONDict]:
+        """Removes a member by node id or raft address (the leader hands over first)."""
+        return await self._run(_op_remove_member(member))
 
 
 def _receipts(receipts: Iterable[str] | str) -> list[str]:

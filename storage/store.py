@@ -214,6 +214,18 @@ class Store:
                 return keys.split_timer_key(q, cursor.key())[0]
         return None
 
+    def detach_from_log(self) -> None:
+        """Make restored state the starting point of a new cluster's Raft log.
+
+        The applied index counts entries of the log the state came from; a new
+        cluster's log starts again at 1 and must not be skipped as "already
+        applied". The old cluster's node registry goes too: its addresses mean
+        nothing to the new cluster.
+        """
+        with self._env.begin(write=True) as txn:
+            txn.put(keys.APPLIED_INDEX, keys.U64.pack(0), db=self._dbs.meta)
+            txn.drop(self._dbs.nodes, delete=False)
+
     def nodes(self) -> dict[str, dict[str, Any]]:
         with self._env.begin() as txn, txn.cursor(db=self._dbs.nodes) as cursor:
             return {key.decode(): keys.decode(value) for key, value in cursor}

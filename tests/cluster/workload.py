@@ -18,6 +18,9 @@ class ProducerLog:
         with self.lock:
             return len(self.acked)
 
+    def reached(self, count: int) -> bool:
+        return self.acked_count() >= count
+
 
 def produce(
     urls: list[str], queue: str, name: str, log: ProducerLog, stop: threading.Event, limit: int

@@ -1,6 +1,7 @@
 """HTTP handlers against a fake Raft port backed by a real Store (no processes, no network)."""
 
 import asyncio
+import concurrent.futures
 import itertools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -64,6 +65,14 @@ class FakeRaft:
 
     def is_ready(self) -> bool:
         return self.leader is not None
+
+    def write_backup(self, path: str) -> concurrent.futures.Future[int]:
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self.store.sync()
+        future.set_result(self.store.applied_index())
+        with open(path, "wb") as f:
+            f.write(b"backup of the fake store")
+        return future
 
     def members(self) -> list[str]:
         return [self.self_raft]
