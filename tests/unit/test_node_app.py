@@ -30,6 +30,9 @@ class FakeRaft:
         self.nodes: dict[str, str] = {}
         self._index = itertools.count(1)
         self._listeners: list[ApplyListener] = []
+        self.membership_gate = asyncio.Event()
+        self.membership_gate.set()
+        self.added: list[str] = []
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         pass
@@ -81,7 +84,8 @@ class FakeRaft:
         return {self.self_raft}
 
     async def add_member(self, raft_address: str) -> None:
-        raise NotLeader(self.leader)
+        await self.membership_gate.wait()
+        self.added.append(raft_address)
 
     async def remove_member(self, raft_address: str) -> None:
         raise NotLeader(self.leader)
@@ -195,3 +199,29 @@ async def test_dashboard_is_served(client: TestClient[Any, Any]) -> None:
     assert resp.content_type == "text/html"
     page = await resp.text()
     assert "/v1/cluster" in page and "/v1/queues" in page
+
+
+async def test_a_second_concurrent_membership_change_is_refused(
+    client: TestClient[Any, Any], fake: FakeRaft
+) -> None:
+    fake.membership_gate.clear()
+    member = {"id": "n4", "raft": "127.0.0.1:9004", "http": "http://127.0.0.1:9104"}
+    first = asyncio.create_task(client.post("/v1/cluster/members", json=member))
+    while member["raft"] not in fake.store.nodes():  # the first change registered n4, waits
+        await asyncio.sleep(0.01)
+    second = await client.post(
+        "/v1/cluster/members",
+        json={"id": "n5", "raft": "127.0.0.1:9005", "http": "http://127.0.0.1:9105"},
+    )
+    assert second.status == 409
+    assert (await second.json())["error"]["code"] == "membership_change_in_progress"
+    fake.membership_gate.set()
+    assert (await first).status == 201
+    assert fake.added == ["127.0.0.1:9004"]
+
+
+async def test_bad_member_is_refused(client: TestClient[Any, Any]) -> None:
+    for body in ({}, {"id": "n4", "raft": "nope", "http": "http://x"}, {"id": "n4", "raft": "h:1"}):
+        resp = await client.post("/v1/cluster/members", json=body)
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "invalid_request"
