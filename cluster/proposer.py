@@ -7,6 +7,7 @@ them. pysyncobj calls back on its tick thread; results cross to the loop with
 """
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 Submit = Callable[[bytes, Callable[[Any, int], None]], None]
 
 _RETRYABLE_BEFORE_APPEND = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL}
+
+# Upper bounds of the commands-per-entry histogram (the last bucket is +Inf).
+ENTRY_SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class Proposer:
@@ -45,6 +49,8 @@ class Proposer:
         self._flush_scheduled = False
         self.entries_proposed = 0
         self.commands_proposed = 0
+        # Non-cumulative counts per bound of ENTRY_SIZE_BOUNDS, plus one for larger.
+        self.entry_size_counts = [0] * (len(ENTRY_SIZE_BOUNDS) + 1)
 
     @property
     def waiting(self) -> int:
@@ -88,6 +94,7 @@ class Proposer:
 
         self.entries_proposed += 1
         self.commands_proposed += len(batch)
+        self.entry_size_counts[bisect.bisect_left(ENTRY_SIZE_BOUNDS, len(batch))] += 1
         try:
             self._submit(payload, on_result)
         except Exception as exc:

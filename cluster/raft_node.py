@@ -36,7 +36,6 @@ class RaftNode:
             map_size=settings.lmdb_map_size,
             sync=False,
         )
-        self.leader_changes = 0
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._broker = ReplicatedBroker(settings, self.holder, self._applied)
         self._broker.addOnTickCallback(self._run_tick_calls)
@@ -270,6 +269,17 @@ class RaftNode:
         finally:
             self._handing_over = False
         raise NoLeader("leadership transfer did not complete in time; retry")
+
+    def counters(self) -> dict[str, Any]:
+        """Monotonic counters for metrics: leader changes, proposals, entry sizes."""
+        proposer = self._proposer
+        return {
+            "leader_changes": self._broker.leader_changes,
+            "entries_proposed": proposer.entries_proposed if proposer else 0,
+            "commands_proposed": proposer.commands_proposed if proposer else 0,
+            "entry_size_counts": list(proposer.entry_size_counts) if proposer else [],
+            "waiting_proposals": proposer.waiting if proposer else 0,
+        }
 
     def write_backup(self, path: str) -> "concurrent.futures.Future[int]":
         """Write a consistent copy of the store (snapshot format) to `path`; its applied index.

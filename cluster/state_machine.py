@@ -67,6 +67,7 @@ class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
         os.makedirs(raft_dir, exist_ok=True)
         self._holder = holder
         self._on_applied = on_applied
+        self.leader_changes = 0
         codec = SnapshotCodec(holder, os.path.join(settings.data_dir, "tmp"))
         self.codec = codec
         # Called from the tick thread only, once pysyncobj has created its journal.
@@ -78,6 +79,11 @@ class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
             conf=make_conf(settings, codec, raft_dir),
             transportClass=FlushingTransport,
         )
+
+    def _SyncObj__onLeaderChanged(self) -> None:  # noqa: N802
+        """Count leader changes seen by this node (pysyncobj has no public hook)."""
+        self.leader_changes += 1
+        SyncObj._SyncObj__onLeaderChanged(self)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[dict[str, Any]] | None:

@@ -19,6 +19,7 @@ from cluster.errors import ClusterError, NotLeader
 from node import membership
 from node.config import NodeConfig
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
+from node.metrics import Metrics
 from node.ports import RaftPort
 from node.validation import (
     check_name,
@@ -484,8 +485,10 @@ async def _background(app: web.Application) -> Any:
 
 
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
+    metrics = Metrics(raft, config)
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes
+        middlewares=[metrics.middleware, error_middleware],
+        client_max_size=config.limits.max_body_bytes,
     )
     app[RAFT] = raft
     app[CONFIG] = config
@@ -494,4 +497,5 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     app[STOP] = asyncio.Event()
     app.cleanup_ctx.append(_background)
     app.add_routes(routes())
+    app.router.add_get("/metrics", metrics.handler)
     return app

@@ -77,6 +77,15 @@ class FakeRaft:
             f.write(b"backup of the fake store")
         return future
 
+    def counters(self) -> dict[str, Any]:
+        return {
+            "leader_changes": 1,
+            "entries_proposed": 0,
+            "commands_proposed": 0,
+            "entry_size_counts": [],
+            "waiting_proposals": 0,
+        }
+
     def members(self) -> list[str]:
         return [self.self_raft]
 
@@ -106,6 +115,7 @@ class FakeRaft:
             "log_length": 1,
             "has_quorum": True,
             "members": [{"raft": self.self_raft, "state": "self"}],
+            "match_index": {},
         }
 
 
@@ -225,3 +235,15 @@ async def test_bad_member_is_refused(client: TestClient[Any, Any]) -> None:
         resp = await client.post("/v1/cluster/members", json=body)
         assert resp.status == 400
         assert (await resp.json())["error"]["code"] == "invalid_request"
+
+
+async def test_metrics_exposition(client: TestClient[Any, Any]) -> None:
+    await client.put("/v1/queues/jobs", json={})
+    await client.post("/v1/queues/jobs/messages", json={"messages": [{"body": "a"}, {"body": "b"}]})
+    text = await (await client.get("/metrics")).text()
+    assert 'raftmq_queue_ready_messages{queue="jobs"} 2.0' in text
+    assert 'raftmq_queue_published_messages_total{queue="jobs"} 2.0' in text
+    assert 'raftmq_raft_role{role="leader"} 1.0' in text
+    assert "raftmq_http_request_duration_seconds_bucket" in text
+    assert 'route="/v1/queues/{queue}/messages"' in text
+    assert "process_resident_memory_bytes" in text

@@ -1,0 +1,209 @@
+"""Prometheus metrics: broker state read at scrape time, and HTTP request latency.
+
+Queue depths and Raft facts are read when /metrics is scraped (no bookkeeping
+on the hot path); the request histogram is observed by a middleware. Names
+follow Prometheus conventions: `raftmq_` prefix, base units, `_total` for
+counters.
+"""
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from cluster.proposer import ENTRY_SIZE_BOUNDS
+from node.config import NodeConfig
+from node.ports import RaftPort
+
+_ROLES = ("follower", "candidate", "leader")
+_LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)
+
+_QUEUE_GAUGES = {
+    "ready": "Messages ready for delivery.",
+    "in_flight": "Messages leased to a consumer and not yet acked.",
+    "delayed": "Messages waiting for their delivery delay.",
+}
+_QUEUE_COUNTERS = {
+    "published": ("published_total", "Messages enqueued (duplicates not counted)."),
+    "delivered": ("delivered_total", "Deliveries, redeliveries included."),
+    "acked": ("acked_total", "Messages acknowledged."),
+    "dead_lettered": ("dead_lettered_total", "Messages dead-lettered or dropped."),
+}
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+class BrokerCollector(Collector):
+    """Reads queue and Raft state of this node at each scrape."""
+
+    def __init__(self, raft: RaftPort, config: NodeConfig) -> None:
+        self._raft = raft
+        self._config = config
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._queues()
+        yield from self._raft_metrics()
+        data_dir = self._config.raft.data_dir
+        lmdb = GaugeMetricFamily("raftmq_lmdb_file_bytes", "Size of the LMDB data file.")
+        lmdb.add_metric([], _file_size(os.path.join(data_dir, "state", "data.mdb")))
+        yield lmdb
+        journal = GaugeMetricFamily("raftmq_raft_journal_bytes", "Size of the Raft journal file.")
+        journal.add_metric([], _file_size(os.path.join(data_dir, "raft", "journal.bin")))
+        yield journal
+
+    def _queues(self) -> Iterator[Metric]:
+        now = int(time.time() * 1000)
+        queues = self._raft.read(lambda store: store.list_queues(now))
+        gauges = {
+            key: GaugeMetricFamily(f"raftmq_queue_{key}_messages", text, labels=["queue"])
+            for key, text in _QUEUE_GAUGES.items()
+        }
+        counters = {
+            key: CounterMetricFamily(f"raftmq_queue_{key}_messages", text, labels=["queue"])
+            for key, (_, text) in _QUEUE_COUNTERS.items()
+        }
+        for queue in queues:
+            for key, family in gauges.items():
+                family.add_metric([queue["name"]], queue[key])
+            for key, counter in counters.items():
+                counter.add_metric([queue["name"]], queue[_QUEUE_COUNTERS[key][0]])
+        yield from gauges.values()
+        yield from counters.values()
+
+    def _raft_metrics(self) -> Iterator[Metric]:
+        status = self._raft.status()
+        counters = self._raft.counters()
+        role = GaugeMetricFamily(
+            "raftmq_raft_role", "1 for this node's current role.", labels=["role"]
+        )
+        for name in _ROLES:
+            role.add_metric([name], 1 if status["role"] == name else 0)
+        yield role
+        for name, key, text in (
+            ("raftmq_raft_term", "term", "Current Raft term."),
+            ("raftmq_raft_commit_index", "commit_index", "Highest committed log index known."),
+            ("raftmq_raft_applied_index", "last_applied", "Highest log index applied here."),
+        ):
+            gauge = GaugeMetricFamily(name, text)
+            gauge.add_metric([], status[key])
+            yield gauge
+        lag = GaugeMetricFamily(
+            "raftmq_raft_follower_lag_entries",
+            "On the leader: committed entries a follower has not acknowledged yet.",
+            labels=["follower"],
+        )
+        if status["role"] == "leader":
+            for follower, match in sorted(status["match_index"].items()):
+                lag.add_metric([follower], max(0, status["commit_index"] - match))
+        yield lag
+        leader_changes = CounterMetricFamily(
+            "raftmq_raft_leader_changes", "Leader changes seen by this node."
+        )
+        leader_changes.add_metric([], counters["leader_changes"])
+        yield leader_changes
+        waiting = GaugeMetricFamily(
+            "raftmq_proposals_waiting", "Commands proposed and not answered yet."
+        )
+        waiting.add_metric([], counters["waiting_proposals"])
+        yield waiting
+        sizes: list[int] = counters["entry_size_counts"]
+        if sizes:
+            cumulative, buckets = 0, []
+            for bound, count in zip((*ENTRY_SIZE_BOUNDS, float("inf")), sizes, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            histogram = HistogramMetricFamily(
+                "raftmq_proposer_entry_commands",
+                "Commands per Raft entry (group commit batch size).",
+                buckets=buckets,
+                sum_value=counters["commands_proposed"],
+            )
+            yield histogram
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Metrics:
+    """The registry of one node, its HTTP middleware and the /metrics handler."""
+
+    def __init__(self, raft: RaftPort, config: NodeConfig) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.registry)
+        self.registry.register(BrokerCollector(raft, config))
+        self.requests = Histogram(
+            "raftmq_http_request_duration_seconds",
+            "HTTP request latency by route and status.",
+            labelnames=["method", "route", "status"],
+            registry=self.registry,
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+                30,
+            ),
+        )
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            self.requests.labels(request.method, route, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+    async def handler(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
