@@ -80,7 +80,7 @@ class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
             transportClass=FlushingTransport,
         )
 
-    def _SyncObj__onLeaderChanged(self) -> None:  # noqa: N802
+    def _SyncObj__onLeaderChanged(self) -> None:
         """Count leader changes seen by this node (pysyncobj has no public hook)."""
         self.leader_changes += 1
         SyncObj._SyncObj__onLeaderChanged(self)
