@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt typecheck pytest compose-check clean
+.PHONY: run test lint fmt typecheck pytest compose-check system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,22 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -n auto -q
 
-# No Docker engine runs in CI: validate the compose file with Debian's docker-compose.
-compose-check:
-	@command -v docker-compose >/dev/null || { \
-	  echo "installing docker-compose (Debian package) to validate docker-compose.cluster.yml"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; }
+# Debian packages the tests use: docker-compose validates the compose file (no
+# Docker engine runs in CI), nftables cuts links between network namespaces in
+# the chaos partition tests. Installed only when missing; those tests say why
+# they skip when a package cannot be had.
+SYSTEM_PACKAGES := docker-compose:docker-compose nft:nftables
+
+system-deps:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	    || echo "could not install$$missing; tests that need them will say so"; \
+	fi
+
+compose-check: system-deps
 	RAFTMQ_CLUSTER_SECRET=validate docker-compose -f docker-compose.cluster.yml config -q
 
 test: lint typecheck compose-check pytest

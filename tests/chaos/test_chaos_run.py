@@ -1,0 +1,90 @@
+"""The whole tool, as a user runs it: a 60 s mixed run must end clean.
+
+``raftmq chaos run`` starts its own cluster (in network namespaces when it may
+partition; without root it says why and skips the partition nemesis), runs
+producers and consumers under kill, pause and partition faults, drains,
+checks and tears down. The subprocess has a hard timeout so a hung run fails
+the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from chaos.run import main as chaos_main
+from raftmq.cli import main as cli_main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def raftmq_command() -> list[str]:
+    """The installed ``raftmq`` script next to this interpreter, else ``python -m raftmq``."""
+    script = Path(sys.executable).with_name("raftmq")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("raftmq")
+    return [found] if found else [sys.executable, "-m", "raftmq"]
+
+
+@pytest.mark.timeout(300)
+def test_a_60_second_mixed_run_finds_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [
+        *raftmq_command(),
+        "chaos",
+        "run",
+        "--nodes",
+        "3",
+        "--duration",
+        "60",
+        "--nemesis",
+        "kill,pause,partition",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=280, check=False)
+    report = f"stdout:\n{proc.stdout}\nstderr (tail):\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0, report
+    results = orjson.loads((out / "results.json").read_bytes())
+    assert results["counts"]["lost"] == 0, report
+    assert results["counts"]["unexpected"] == 0, report
+    assert results["valid"] is True, report
+    assert results["convergence"]["converged"] is True
+    assert results["seed"] == 1
+    assert results["availability"]["windows"], "the nemesis ran no fault window"
+    assert (out / "timeline.png").read_bytes().startswith(PNG_MAGIC)
+    assert (out / "history.jsonl").stat().st_size > 0
+
+
+def test_membership_is_refused_with_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["chaos", "run", "--nemesis", "kill,membership", "--out", str(tmp_path / "o")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert "the membership nemesis needs dynamic membership" in err
+    assert "not available yet" in err
+    assert not (tmp_path / "o").exists(), "nothing was started"
+
+
+def test_unknown_nemesis_and_bad_node_count_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert chaos_main(["run", "--nemesis", "flood"]) == 2
+    assert "unknown nemesis flood" in capsys.readouterr().err
+    assert chaos_main(["run", "--nodes", "4"]) == 2
+
+
+def test_help_lists_the_run_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["chaos", "run", "--help"]) == 0
+    text = capsys.readouterr().out
+    for option in ("--nodes", "--duration", "--nemesis", "--seed", "--out"):
+        assert option in text
