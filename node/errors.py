@@ -38,6 +38,13 @@ _RESULT_ERRORS: dict[str, tuple[int, str]] = {
     "queue_full": (409, "queue_full"),
     "conflict": (409, "queue_exists_different"),
     "invalid": (400, "invalid_request"),
+    # Exchanges and streams: their storage results carry the message.
+    "exchange_not_found": (404, "exchange_not_found"),
+    "binding_not_found": (404, "binding_not_found"),
+    "stream_not_found": (404, "stream_not_found"),
+    "exchange_conflict": (409, "exchange_exists_different"),
+    "stream_conflict": (409, "stream_exists_different"),
+    "out_of_range": (400, "invalid_request"),
 }
 
 

@@ -9,23 +9,35 @@ from raftmq.errors import (
     BadRequest,
     Conflict,
     ConnectionFailed,
+    ExchangeNotFound,
+    NotFound,
     QueueNotFound,
     RaftMQError,
+    StreamNotFound,
     Unavailable,
 )
+from raftmq.pubsub import AsyncSubscription, Routed, StreamBatch, StreamRecord, Subscription
 
 __all__ = [
     "AckResult",
     "AsyncClient",
+    "AsyncSubscription",
     "BadRequest",
     "Client",
     "Conflict",
     "ConnectionFailed",
+    "ExchangeNotFound",
     "Message",
     "NackResult",
+    "NotFound",
     "QueueNotFound",
     "RaftMQError",
     "ReceivedMessage",
+    "Routed",
+    "StreamBatch",
+    "StreamNotFound",
+    "StreamRecord",
+    "Subscription",
     "Unavailable",
 ]
 

@@ -12,8 +12,11 @@ __all__ = [
     "BadRequest",
     "Conflict",
     "ConnectionFailed",
+    "ExchangeNotFound",
+    "NotFound",
     "QueueNotFound",
     "RaftMQError",
+    "StreamNotFound",
     "Unavailable",
 ]
 
@@ -37,8 +40,20 @@ class RaftMQError(Exception):
         )
 
 
-class QueueNotFound(RaftMQError):
+class NotFound(RaftMQError):
+    """404: the queue, exchange, stream or binding does not exist (or was deleted)."""
+
+
+class QueueNotFound(NotFound):
     """404: the queue does not exist (or was deleted)."""
+
+
+class ExchangeNotFound(NotFound):
+    """404: the exchange does not exist (or was deleted)."""
+
+
+class StreamNotFound(NotFound):
+    """404: the stream does not exist (or was deleted)."""
 
 
 class Conflict(RaftMQError):

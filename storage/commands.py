@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from storage import keys
+from storage import exchanges, keys, streams
 from storage.config import (
     MAX_INT,
     OVERFLOW_DROP_HEAD,
@@ -123,6 +123,7 @@ def delete_queue(m: Mutation, cmd: Command) -> Result:
     q = m.queue(_queue_name(cmd))
     if q is None:
         return dict(_NOT_FOUND)
+    exchanges.unbind_queue(m, q.name)
     m.delete_queue(q)
     return {"status": "deleted"}
 
@@ -300,6 +301,8 @@ HANDLERS: Final[dict[str, Callable[[Mutation, Command], Result]]] = {
     "nack": nack,
     "register_node": register_node,
     "unregister_node": unregister_node,
+    **exchanges.HANDLERS,
+    **streams.HANDLERS,
 }
 
 

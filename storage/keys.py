@@ -40,6 +40,40 @@ dedup_age
     qkey + published_at u64 + idkey -> b""   same entries, oldest first
 nodes
     raft address (UTF-8)         -> JSON {"id", "http", "raft", "registered_at"}
+
+Exchanges (storage/exchanges.py). xkey = exchange name + b"\\x00", as qkey.
+
+meta
+    b"exchange_version"          -> u64  last version handed to an exchange; every
+                                         change of an exchange or its bindings takes
+                                         the next one, so (name, version) never repeats
+exchanges
+    name (UTF-8)                 -> JSON {"type": "direct" | "topic" | "fanout",
+                                          "alternate_queue": name | null,
+                                          "version": int}
+bindings
+    xkey + queue name (UTF-8)    -> JSON sorted list of routing keys (strings)
+queue_bindings
+    qkey + exchange name (UTF-8) -> b""   reverse index: the exchanges a queue is
+                                         bound to, so deleting the queue unbinds it
+
+Streams (storage/streams.py). skey = stream name + b"\\x00", as qkey.
+
+streams
+    name (UTF-8)                 -> JSON {"config": {"max_age_ms", "max_bytes",
+                                          "max_records"} (each int | null),
+                                          "first_offset", "next_offset", "bytes"}
+                                         records held = next_offset - first_offset
+records
+    skey + offset u64            -> JSON {"id" (null: none), "body", "headers",
+                                          "encoding" (only "base64"), "timestamp",
+                                          "size" (UTF-8 bytes of body)}
+stream_dedup
+    skey + idkey                 -> offset u64 + appended_at u64
+stream_dedup_age
+    skey + appended_at u64 + idkey -> b""  same entries, oldest first
+groups
+    skey + group name (UTF-8)    -> u64  the group's committed offset (next to read)
 """
 
 import hashlib
@@ -57,10 +91,36 @@ TIMERS: Final = b"timers"
 DEDUP: Final = b"dedup"
 DEDUP_AGE: Final = b"dedup_age"
 NODES: Final = b"nodes"
-DB_NAMES: Final = (META, QUEUES, MESSAGES, READY, TIMERS, DEDUP, DEDUP_AGE, NODES)
+EXCHANGES: Final = b"exchanges"
+BINDINGS: Final = b"bindings"
+QUEUE_BINDINGS: Final = b"queue_bindings"
+STREAMS: Final = b"streams"
+RECORDS: Final = b"records"
+STREAM_DEDUP: Final = b"stream_dedup"
+STREAM_DEDUP_AGE: Final = b"stream_dedup_age"
+GROUPS: Final = b"groups"
+DB_NAMES: Final = (
+    META,
+    QUEUES,
+    MESSAGES,
+    READY,
+    TIMERS,
+    DEDUP,
+    DEDUP_AGE,
+    NODES,
+    EXCHANGES,
+    BINDINGS,
+    QUEUE_BINDINGS,
+    STREAMS,
+    RECORDS,
+    STREAM_DEDUP,
+    STREAM_DEDUP_AGE,
+    GROUPS,
+)
 
 APPLIED_INDEX: Final = b"applied_index"
 LAST_NOW: Final = b"last_now"
+EXCHANGE_VERSION: Final = b"exchange_version"
 
 TIMER_DELAYED: Final = b"d"
 TIMER_LEASE: Final = b"l"

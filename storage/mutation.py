@@ -57,6 +57,14 @@ class Dbs(NamedTuple):
     dedup: lmdb._Database
     dedup_age: lmdb._Database
     nodes: lmdb._Database
+    exchanges: lmdb._Database
+    bindings: lmdb._Database
+    queue_bindings: lmdb._Database
+    streams: lmdb._Database
+    records: lmdb._Database
+    stream_dedup: lmdb._Database
+    stream_dedup_age: lmdb._Database
+    groups: lmdb._Database
 
 
 @dataclass
@@ -101,10 +109,19 @@ class QueueState:
 class Mutation:
     """Applies one command's changes to `txn` at effective time `now`."""
 
-    def __init__(self, txn: lmdb.Transaction[bytes], dbs: Dbs, now: int) -> None:
+    def __init__(
+        self,
+        txn: lmdb.Transaction[bytes],
+        dbs: Dbs,
+        now: int,
+        memo: dict[Any, Any] | None = None,
+    ) -> None:
         self.txn = txn
         self.dbs = dbs
         self.now = now
+        # The Store's cache of data derived from LMDB (topic routers). Entries
+        # are keyed by versions stored in LMDB, so using it never changes a result.
+        self.memo: dict[Any, Any] = {} if memo is None else memo
         self._queues: dict[str, QueueState | None] = {}
 
     # Queues

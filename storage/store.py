@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -18,6 +19,8 @@ from storage import keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
 from storage.mutation import Dbs, Mutation
+
+T = TypeVar("T")
 
 
 def _by_name(named_db: tuple[bytes, object]) -> bytes:
@@ -42,6 +45,8 @@ class Store:
         )
         with self._env.begin(write=True) as txn:
             self._dbs = Dbs(*(self._env.open_db(name, txn=txn) for name in keys.DB_NAMES))
+        # Derived data (topic routers) keyed by versions stored in LMDB; see Mutation.memo.
+        self._memo: dict[Any, Any] = {}
 
     def __enter__(self) -> Store:
         return self
@@ -92,6 +97,8 @@ class Store:
             txn.commit()
         except BaseException:
             txn.abort()
+            # Versions written by the aborted entry will be handed out again.
+            self._memo.clear()
             raise
         return results
 
@@ -101,7 +108,7 @@ class Store:
         child = self._env.begin(write=True, parent=txn)
         try:
             now = max(command_now(cmd), last_now)
-            result = execute(Mutation(child, self._dbs, now), cmd)
+            result = execute(Mutation(child, self._dbs, now, self._memo), cmd)
         except lmdb.Error:
             child.abort()
             raise
@@ -136,6 +143,11 @@ class Store:
         return h.hexdigest()
 
     # Read side: each call is one read transaction at the caller's now.
+
+    def view(self, fn: Callable[[lmdb.Transaction[bytes], Dbs], T]) -> T:
+        """Run `fn` in one read transaction (the exchange and stream readers use it)."""
+        with self._env.begin() as txn:
+            return fn(txn, self._dbs)
 
     def _now(self, txn: lmdb.Transaction[bytes], now_ms: int) -> int:
         """The caller's clock, never behind the time applied commands already saw."""
