@@ -33,9 +33,10 @@ pytest: $(STAMP)
 
 # Debian packages the tests use: docker-compose validates the compose file (no
 # Docker engine runs in CI), nftables cuts links between network namespaces in
-# the chaos partition tests. Installed only when missing; those tests say why
-# they skip when a package cannot be had.
-SYSTEM_PACKAGES := docker-compose:docker-compose nft:nftables
+# the chaos partition tests, chromium runs the dashboard browser test headless.
+# Installed only when missing; those tests say why they skip when a package
+# cannot be had.
+SYSTEM_PACKAGES := docker-compose:docker-compose nft:nftables chromium:chromium
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cluster.raft_node import RaftNode
 from cluster.snapshot import restore_backup
+from node import logs
 from node.app import STOP, make_app
 from node.config import NodeConfig, parse_config
 from node.membership import join_cluster, load_peers, save_peers, was_removed
@@ -47,6 +48,7 @@ async def _initial_peers(config: NodeConfig) -> NodeConfig:
 async def serve(config: NodeConfig) -> None:
     config = await _initial_peers(config)
     raft = RaftNode(config.raft)
+    logs.TERM.set(lambda: int(raft.status()["term"]))
     app = make_app(raft, config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -75,17 +77,14 @@ async def serve(config: NodeConfig) -> None:
         logger.info("stopping: finishing in-flight requests")
     finally:
         await runner.cleanup()
+        logs.TERM.set(None)
         raft.close()
         logger.info("node %s stopped", config.node_id)
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(
-        level=config.log_level,
-        format=f"%(asctime)s %(levelname)s [{config.node_id}] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup_logging(config.log_format, config.log_level, config.node_id)
     if was_removed(config.raft.data_dir):
         logger.error(
             "%s was removed from its cluster; to add this machine again, start it with an "

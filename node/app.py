@@ -8,7 +8,6 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from cluster.errors import ClusterError, NotLeader
-from node import membership
+from node import logs, membership, openapi
 from node.config import NodeConfig
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
 from node.metrics import Metrics
@@ -112,7 +111,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:
-        request_id = uuid.uuid4().hex[:12]
+        request_id = logs.current_request_id() or logs.new_request_id()
         logger.exception(
             "request %s %s failed (request id %s)", request.method, request.path, request_id
         )
@@ -399,6 +398,8 @@ async def delete_member(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
+    from node import routes_pubsub  # it imports this module's helpers
+
     return [
         web.get("/", dashboard),
         web.get("/healthz", healthz),
@@ -416,6 +417,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/queues/{queue}/receive", receive),
         web.post("/v1/queues/{queue}/ack", ack),
         web.post("/v1/queues/{queue}/nack", nack),
+        *routes_pubsub.routes(),
     ]
 
 
@@ -426,9 +428,11 @@ def _wake_listener(
     self_raft = app[CONFIG].raft.raft_address
     data_dir = app[CONFIG].raft.data_dir
     stop = app[STOP]
+    from node.routes_pubsub import wake_keys
 
-    def on_applied(commands: list[dict[str, Any]], _results: list[dict[str, Any]]) -> None:
+    def on_applied(commands: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
         queues = {str(c.get("queue")) for c in commands if c.get("op") in _WAKING_OPS}
+        queues |= wake_keys(commands, results)
         if queues:
             loop.call_soon_threadsafe(waiters.notify, queues)
         if any(c.get("op") == "unregister_node" and c.get("raft") == self_raft for c in commands):
@@ -487,7 +491,7 @@ async def _background(app: web.Application) -> Any:
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     metrics = Metrics(raft, config)
     app = web.Application(
-        middlewares=[metrics.middleware, error_middleware],
+        middlewares=[logs.request_id_middleware, metrics.middleware, error_middleware],
         client_max_size=config.limits.max_body_bytes,
     )
     app[RAFT] = raft
@@ -496,6 +500,8 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     app[MEMBERSHIP_LOCK] = asyncio.Lock()
     app[STOP] = asyncio.Event()
     app.cleanup_ctx.append(_background)
+    app.on_response_prepare.append(logs.on_prepare)
     app.add_routes(routes())
     app.router.add_get("/metrics", metrics.handler)
+    app.router.add_get(openapi.OPENAPI_PATH, openapi.handler(config.limits))
     return app

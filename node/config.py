@@ -31,6 +31,7 @@ class NodeConfig:
     raft: RaftSettings
     limits: Limits = field(default_factory=Limits)
     log_level: str = "INFO"
+    log_format: str = "text"
     join: str | None = None
     restore: str | None = None
 
@@ -91,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a write answers 503 unknown_outcome (default: %(default)s)",
     )
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line (default: %(default)s)",
+    )
     return parser
 
 
@@ -117,6 +124,7 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         advertise_http=(args.advertise_http or f"http://{args.http}").rstrip("/"),
         raft=raft,
         log_level=args.log_level.upper(),
+        log_format=args.log_format,
         join=args.join,
         restore=args.restore,
     )

@@ -39,7 +39,7 @@ def parse_member(body: Any) -> dict[str, str]:
     body = expect_object(body)
     reject_unknown(body, {"id", "raft", "http"})
     node_id, http = body.get("id"), body.get("http")
-    if not isinstance(node_id, str) or not NAME_RE.match(node_id):
+    if not isinstance(node_id, str) or not NAME_RE.fullmatch(node_id):
         raise bad_request("id must be a node id of 1-200 of A-Z a-z 0-9 . _ -")
     if not isinstance(http, str) or not http.startswith(("http://", "https://")):
         raise bad_request("http must be the node's advertised http(s) URL")

@@ -29,7 +29,7 @@ QUEUE_FIELDS = {
 
 
 def check_name(name: str, kind: str = "queue") -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # match() would let "name\n" through
         raise bad_request(
             f"{kind} name {name[:60]!r} is invalid: use 1-200 of A-Z a-z 0-9 . _ -",
             "invalid_name",
