@@ -3,7 +3,8 @@
 * ``raftmq node ...``        one server process (delegates to ``node.__main__``);
 * ``raftmq cluster up ...``  N local nodes in the foreground (what ``make run`` does);
 * ``raftmq ctl ...``         client commands, aligned tables or ``--json``;
-* ``raftmq chaos run ...``   a bounded fault-injection run (delegates to ``chaos.run``).
+* ``raftmq chaos run ...``   a bounded fault-injection run (delegates to ``chaos.run``);
+* ``raftmq bench ...``       the peers' benchmark workloads (delegates to ``raftmq.bench``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from raftmq import cli_pubsub
 from raftmq.client import Client, ReceivedMessage
 from raftmq.errors import ConnectionFailed, RaftMQError
 from raftmq.supervisor import LocalCluster, NodeExited, PortInUse, StartupCancelled
@@ -121,10 +123,56 @@ def _ctl_common(*, suppress: bool) -> argparse.ArgumentParser:
     return p
 
 
+_CTL = "raftmq ctl --url http://127.0.0.1:7200"
+# The `example:` line of each command's --help, by command path.
+_EXAMPLES: dict[str, str] = {
+    "node": (
+        "raftmq node --id n1 --data-dir data/n1 --raft 127.0.0.1:7100 --http 127.0.0.1:7200 "
+        "--peers 127.0.0.1:7101,127.0.0.1:7102"
+    ),
+    "chaos": "raftmq chaos run --duration 30 --seed 1",
+    "bench": "raftmq bench --workloads W1,W2 --scale 0.01 --out /tmp/smoke.json",
+    "cluster": "raftmq cluster up --nodes 3",
+    "cluster up": "raftmq cluster up --nodes 3 --data-dir .raftmq-data --base-port 7100",
+    "ctl": f"{_CTL} status",
+    **{
+        f"ctl {op}": f"{_CTL} {example}"
+        for op, example in {
+            "status": "status --json",
+            "queues": "queues",
+            "declare": "declare orders --visibility-timeout 30 --dead-letter-queue orders.dlq",
+            "publish": "publish orders 'order 1' --header prio=high",
+            "receive": "receive orders --max 10 --wait 5",
+            "ack": "ack orders RECEIPT",
+            "nack": "nack orders RECEIPT --delay 10",
+            "purge": "purge orders",
+            "delete": "delete orders",
+            "exchanges": "exchanges",
+            "exchange": "exchange events",
+            "declare-exchange": "declare-exchange events --type topic",
+            "delete-exchange": "delete-exchange events",
+            "bind": "bind events orders --routing-key 'order.*'",
+            "unbind": "unbind events orders --routing-key 'order.*'",
+            "publish-exchange": "publish-exchange events 'hello' --routing-key order.created",
+            "streams": "streams",
+            "stream": "stream audit",
+            "declare-stream": "declare-stream audit --max-age 86400",
+            "delete-stream": "delete-stream audit",
+            "append": "append audit 'user 7 logged in'",
+            "read": "read audit --group reporter --max 10 --wait 5",
+            "commit": "commit audit reporter 42",
+            "group-offset": "group-offset audit reporter",
+        }.items()
+    },
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
-        prog="raftmq", description="A clustered message broker replicated through Raft."
+        prog="raftmq",
+        description="A clustered message broker replicated through Raft.",
+        epilog="example: raftmq cluster up --nodes 3",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -140,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     chaos.add_argument("chaos_args", nargs=argparse.REMAINDER)
+
+    bench = sub.add_parser(
+        "bench", help="benchmark workloads W1..W4 (see `raftmq bench --help`)", add_help=False
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
 
     cluster = sub.add_parser("cluster", help="run a local cluster")
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
@@ -245,7 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue")
     p = ops.add_parser("delete", parents=[common], help="delete a queue")
     p.add_argument("queue")
+    cli_pubsub.add_parsers(ops, common)
+    _add_examples(parser)
     return parser
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Gives every subcommand without an epilog its `example:` line from `_EXAMPLES`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                key = f"{path} {name}".strip()
+                if not sub.epilog and key in _EXAMPLES:
+                    sub.epilog = f"example: {_EXAMPLES[key]}"
+                _add_examples(sub, key)
 
 
 # --------------------------------------------------------------------- main
@@ -258,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_node(args_list[1:])
     if args_list and args_list[0] == "chaos":
         return run_chaos(args_list[1:])
+    if args_list and args_list[0] == "bench":
+        return run_bench(args_list[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
@@ -272,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_node(list(args.node_args))
     if args.command == "chaos":
         return run_chaos(list(args.chaos_args))
+    if args.command == "bench":
+        return run_bench(list(args.bench_args))
     if args.command == "cluster":
         return cluster_up(args)
     return ctl(args)
@@ -289,6 +359,13 @@ def run_chaos(argv: list[str]) -> int:
     module = importlib.import_module("chaos.run")
     chaos_main: Callable[[list[str] | None], int] = module.main
     return int(chaos_main(argv))
+
+
+def run_bench(argv: list[str]) -> int:
+    """Hands the rest of the command line to ``raftmq.bench`` (imported only when used)."""
+    module = importlib.import_module("raftmq.bench")
+    bench_main: Callable[[list[str] | None], int] = module.main
+    return int(bench_main(argv))
 
 
 # --------------------------------------------------------------- cluster up
@@ -369,7 +446,7 @@ def ctl(args: argparse.Namespace) -> int:
     as_json = bool(getattr(args, "json", False))
     try:
         with Client(urls, timeout=args.timeout, retry_deadline=args.retry_deadline) as client:
-            _OPS[args.op](client, args, as_json)
+            (_OPS.get(args.op) or cli_pubsub.OPS[args.op])(client, args, as_json)
     except ConnectionFailed as e:
         _err(f"error: {e.message}: {START_HINT}")
         return 1

@@ -33,27 +33,44 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import aiohttp
 import orjson
 
+from raftmq.batching import DEFAULT_LINGER_MS, Batcher
 from raftmq.errors import (
     BadRequest,
     Conflict,
     ConnectionFailed,
+    ExchangeNotFound,
+    NotFound,
     QueueNotFound,
     RaftMQError,
+    StreamNotFound,
     Unavailable,
+)
+from raftmq.pubsub import (
+    AsyncSubscription,
+    Routed,
+    StreamBatch,
+    StreamRecord,
+    Subscription,
+    decode_batch,
 )
 
 __all__ = [
     "AckResult",
     "AsyncClient",
+    "AsyncSubscription",
     "Client",
     "Message",
     "NackResult",
     "ReceivedMessage",
+    "Routed",
+    "StreamBatch",
+    "StreamRecord",
+    "Subscription",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,6 +304,155 @@ def _op_health() -> _Call[JSONDict]:
     return _Call("GET", "/healthz", _dict)
 
 
+# ------------------------------------------------------- exchanges and streams
+
+
+def _named_path(kind: str, name: str, suffix: str = "") -> str:
+    """``/v1/{kind}s/{name}{suffix}`` after the same name check as queues."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise BadRequest(
+            f"invalid {kind} name {name!r}: use 1-200 characters from A-Z a-z 0-9 . _ -",
+            code="invalid_name",
+        )
+    return f"/v1/{kind}s/{quote(name, safe='')}{suffix}"
+
+
+def _binding_path(exchange: str, queue: str) -> str:
+    return _named_path("exchange", exchange, "/bindings") + _queue_path(queue)[len("/v1/queues") :]
+
+
+Payload = str | bytes | Message | Mapping[str, Any]
+
+
+def _payloads(items: Payload | Sequence[Payload]) -> list[Message | Mapping[str, Any]]:
+    """One body, message or mapping, or a list of them, as messages (a bare str is one body)."""
+    many = (
+        list(items)
+        if isinstance(items, Sequence) and not isinstance(items, str | bytes | bytearray)
+        else [items]
+    )
+    return [Message(m) if isinstance(m, str | bytes | bytearray) else m for m in many]
+
+
+def _op_declare_exchange(
+    name: str, exchange_type: str, alternate_queue: str | None
+) -> _Call[JSONDict]:
+    body: JSONDict = {"type": exchange_type}
+    if alternate_queue is not None:
+        body["alternate_queue"] = alternate_queue
+    return _Call("PUT", _named_path("exchange", name), _dict, _dumps(body))
+
+
+def _op_delete_exchange(name: str) -> _Call[None]:
+    return _Call(
+        "DELETE", _named_path("exchange", name), _none, absent_after_ambiguity=lambda: None
+    )
+
+
+def _op_exchange(name: str) -> _Call[JSONDict]:
+    return _Call("GET", _named_path("exchange", name), _dict)
+
+
+def _op_exchanges() -> _Call[list[JSONDict]]:
+    return _Call("GET", "/v1/exchanges", lambda d: [dict(x) for x in d["exchanges"]])
+
+
+def _op_bind(exchange: str, queue: str, routing_key: str) -> _Call[JSONDict]:
+    body = _dumps({"routing_key": routing_key})
+    return _Call("PUT", _binding_path(exchange, queue), _dict, body)
+
+
+def _op_unbind(exchange: str, queue: str, routing_key: str) -> _Call[None]:
+    body = _dumps({"routing_key": routing_key})
+    return _Call(
+        "DELETE", _binding_path(exchange, queue), _none, body, absent_after_ambiguity=lambda: None
+    )
+
+
+def _op_publish_exchange(
+    exchange: str, routing_key: str, messages: Payload | Sequence[Payload]
+) -> _Call[Routed]:
+    wire = [_encode_message(m) for m in _payloads(messages)]
+    return _Call(
+        "POST",
+        _named_path("exchange", exchange, "/publish"),
+        lambda d: Routed(
+            {str(k): int(v) for k, v in d["routed"].items()},
+            int(d["unroutable"]),
+            [str(i) for i in d["ids"]],
+        ),
+        _dumps({"routing_key": routing_key, "messages": wire}),
+    )
+
+
+def _op_declare_stream(name: str, retention: Mapping[str, Any]) -> _Call[JSONDict]:
+    body = {k: v for k, v in retention.items() if v is not None}
+    return _Call("PUT", _named_path("stream", name), _dict, _dumps(body))
+
+
+def _op_delete_stream(name: str) -> _Call[None]:
+    return _Call("DELETE", _named_path("stream", name), _none, absent_after_ambiguity=lambda: None)
+
+
+def _op_stream(name: str) -> _Call[JSONDict]:
+    return _Call("GET", _named_path("stream", name), _dict)
+
+
+def _op_streams() -> _Call[list[JSONDict]]:
+    return _Call("GET", "/v1/streams", lambda d: [dict(x) for x in d["streams"]])
+
+
+def _op_append(stream: str, records: Payload | Sequence[Payload]) -> _Call[list[int]]:
+    wire = []
+    for record in _payloads(records):
+        encoded = _encode_message(record)
+        if "delay" in encoded:
+            raise BadRequest("stream records take no delay", code="invalid_request")
+        wire.append(encoded)
+    return _Call(
+        "POST",
+        _named_path("stream", stream, "/records"),
+        lambda d: [int(o) for o in d["offsets"]],
+        _dumps({"records": wire}),
+    )
+
+
+def _op_read(
+    stream: str, offset: int | None, group: str | None, limit: int, wait: float
+) -> _Call[StreamBatch]:
+    params: dict[str, Any] = {"max": limit, "wait": wait}
+    if offset is not None:
+        params["offset"] = offset
+    if group is not None:
+        params["group"] = group
+    query = "?" + urlencode(params)
+    return _Call(
+        "GET",
+        _named_path("stream", stream, "/records") + query,
+        decode_batch,
+        extra_timeout=max(wait, 0.0),
+    )
+
+
+def _group_path(stream: str, group: str) -> str:
+    return (
+        _named_path("stream", stream, "/groups") + _named_path("group", group)[len("/v1/groups") :]
+    )
+
+
+def _op_commit_offset(stream: str, group: str, offset: int) -> _Call[int]:
+    return _Call(
+        "PUT",
+        _group_path(stream, group),
+        lambda d: int(d["offset"]),
+        _dumps({"offset": offset}),
+    )
+
+
+def _op_group_offset(stream: str, group: str) -> _Call[int]:
+    return _Call("GET", _group_path(stream, group), lambda d: int(d["offset"]))
+
+
 def _dict(d: Any) -> JSONDict:
     if not isinstance(d, dict):
         raise TypeError("expected a JSON object")
@@ -352,9 +518,13 @@ def _error_from(resp: _Response) -> RaftMQError:
         message = text[:200] or f"HTTP {resp.status}"
     status = resp.status
     if status == 404:
-        return (QueueNotFound if code in ("queue_not_found", "") else RaftMQError)(
-            message, status=status, code=code or "queue_not_found"
-        )
+        not_found: type[NotFound] = {
+            "queue_not_found": QueueNotFound,
+            "": QueueNotFound,
+            "exchange_not_found": ExchangeNotFound,
+            "stream_not_found": StreamNotFound,
+        }.get(code, NotFound)
+        return not_found(message, status=status, code=code or "queue_not_found")
     if status == 409:
         return Conflict(message, status=status, code=code or "conflict")
     if 400 <= status < 500:
@@ -627,7 +797,7 @@ class Client(_Base):
                 delay = attempts.failed(r)
                 if delay > 0:
                     time.sleep(delay)
-            except QueueNotFound:
+            except NotFound:
                 if attempts.ambiguous and call.absent_after_ambiguity is not None:
                     return call.absent_after_ambiguity()
                 raise
@@ -718,6 +888,110 @@ class Client(_Base):
         """Liveness of one node (default: the first URL), asked once without failover."""
         return self._run(_op_health(), url or self._urls[0])
 
+    # -- exchanges (publish/subscribe) and streams
+
+    def declare_exchange(
+        self, name: str, type: str = "direct", *, alternate_queue: str | None = None
+    ) -> JSONDict:
+        """Creates a ``direct``, ``topic`` or ``fanout`` exchange, or confirms an identical one."""
+        return self._run(_op_declare_exchange(name, type, alternate_queue))
+
+    def delete_exchange(self, name: str) -> None:
+        """Deletes the exchange and its bindings (not the queues)."""
+        self._run(_op_delete_exchange(name))
+
+    def exchange(self, name: str) -> JSONDict:
+        """Type, alternate queue and bindings of one exchange."""
+        return self._run(_op_exchange(name))
+
+    def exchanges(self) -> list[JSONDict]:
+        """Every exchange with its bindings."""
+        return self._run(_op_exchanges())
+
+    def bind(self, exchange: str, queue: str, routing_key: str = "") -> JSONDict:
+        """Routes messages matching ``routing_key`` (a pattern for topic exchanges) to ``queue``."""
+        return self._run(_op_bind(exchange, queue, routing_key))
+
+    def unbind(self, exchange: str, queue: str, routing_key: str = "") -> None:
+        """Removes one binding."""
+        self._run(_op_unbind(exchange, queue, routing_key))
+
+    def publish_to_exchange(
+        self, exchange: str, routing_key: str, messages: Payload | Sequence[Payload]
+    ) -> Routed:
+        """Routes one message (a body, Message or dict) or a list of them in one replicated write.
+
+        Every matching queue gets every message or none does; ids are fixed
+        before the first attempt, so a retry is deduplicated in each queue.
+        """
+        return self._run(_op_publish_exchange(exchange, routing_key, messages))
+
+    def subscribe(
+        self,
+        exchange: str,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max: int = 100,
+        wait: float = 5,
+    ) -> Subscription:
+        """Messages of ``exchange`` matching ``pattern`` through a queue of this subscriber's own.
+
+        See :class:`raftmq.pubsub.Subscription` for when each message is acked.
+        """
+        return Subscription(self, exchange, pattern, queue=queue, max=max, wait=wait)
+
+    def declare_stream(
+        self,
+        name: str,
+        *,
+        max_age: float | None = None,
+        max_bytes: int | None = None,
+        max_records: int | None = None,
+    ) -> JSONDict:
+        """Creates a stream with this retention (or confirms an identical one)."""
+        retention = {"max_age": max_age, "max_bytes": max_bytes, "max_records": max_records}
+        return self._run(_op_declare_stream(name, retention))
+
+    def delete_stream(self, name: str) -> None:
+        """Deletes the stream, its records and its consumer groups."""
+        self._run(_op_delete_stream(name))
+
+    def stream(self, name: str) -> JSONDict:
+        """Retention, offsets, size and consumer groups of one stream."""
+        return self._run(_op_stream(name))
+
+    def streams(self) -> list[JSONDict]:
+        """Every stream with its retention, offsets and size."""
+        return self._run(_op_streams())
+
+    def append(self, stream: str, records: Payload | Sequence[Payload]) -> list[int]:
+        """Appends one record or a list; returns their offsets (a retried id keeps its offset)."""
+        return self._run(_op_append(stream, records))
+
+    def read(
+        self,
+        stream: str,
+        *,
+        offset: int | None = None,
+        group: str | None = None,
+        max: int = 100,
+        wait: float = 0.0,
+    ) -> StreamBatch:
+        """Up to ``max`` records from ``offset`` (or ``group``'s committed offset, else 0).
+
+        Long-polls up to ``wait`` seconds when nothing is there yet.
+        """
+        return self._run(_op_read(stream, offset, group, max, wait))
+
+    def commit_offset(self, stream: str, group: str, offset: int) -> int:
+        """Records ``offset`` as the next one ``group`` reads."""
+        return self._run(_op_commit_offset(stream, group, offset))
+
+    def group_offset(self, stream: str, group: str) -> int:
+        """The group's committed offset (0 when it never committed)."""
+        return self._run(_op_group_offset(stream, group))
+
     def add_member(self, node_id: str, raft: str, http: str) -> list[JSONDict]:
         """Adds a voting member (start it afterwards with the member list); returns members."""
         return self._run(_op_add_member(node_id, raft, http))
@@ -772,16 +1046,35 @@ class _AsyncTransport:
 
 
 class AsyncClient(_Base):
-    """asyncio twin of :class:`Client`; use ``async with`` or ``await close()``."""
+    """asyncio twin of :class:`Client`; use ``async with`` or ``await close()``.
+
+    Concurrent ``publish``/``ack`` calls for one queue are coalesced into one request
+    (see :mod:`raftmq.batching`); ``linger_ms`` bounds how long a call may wait for
+    companions while a request for its queue is in flight, 0 sends every call alone.
+    """
 
     def __init__(
-        self, urls: Sequence[str] | str, *, timeout: float = 10.0, retry_deadline: float = 30.0
+        self,
+        urls: Sequence[str] | str,
+        *,
+        timeout: float = 10.0,
+        retry_deadline: float = 30.0,
+        linger_ms: float = DEFAULT_LINGER_MS,
     ) -> None:
         super().__init__(urls, timeout=timeout, retry_deadline=retry_deadline)
         self._transport = _AsyncTransport()
+        self._batcher: Batcher | None = None
+        if linger_ms > 0:
+            self._batcher = Batcher(
+                lambda q, wire: self._run(_op_publish(q, wire)),
+                lambda q, receipts: self._run(_op_ack(q, receipts)),
+                linger_ms=linger_ms,
+            )
 
     async def close(self) -> None:
-        """Closes the HTTP session."""
+        """Sends any coalesced calls still waiting, then closes the HTTP session."""
+        if self._batcher is not None:
+            await self._batcher.drain()
         await self._transport.close()
 
     async def __aenter__(self) -> Self:
@@ -805,7 +1098,7 @@ class AsyncClient(_Base):
                 delay = attempts.failed(r)
                 if delay > 0:
                     await asyncio.sleep(delay)
-            except QueueNotFound:
+            except NotFound:
                 if attempts.ambiguous and call.absent_after_ambiguity is not None:
                     return call.absent_after_ambiguity()
                 raise
@@ -857,6 +1150,8 @@ class AsyncClient(_Base):
     ) -> str:
         """Publishes one message; returns its id."""
         msg = Message(body, dict(headers) if headers is not None else None, id, delay)
+        if self._batcher is not None:
+            return await self._batcher.publish(queue, _encode_message(msg))
         return (await self._run(_op_publish(queue, [msg])))[0]
 
     async def publish_batch(
@@ -880,6 +1175,8 @@ class AsyncClient(_Base):
 
     async def ack(self, queue: str, receipts: Iterable[str] | str) -> AckResult:
         """Marks deliveries done so they are never redelivered."""
+        if self._batcher is not None:
+            return await self._batcher.ack(queue, _receipts(receipts))
         return await self._run(_op_ack(queue, _receipts(receipts)))
 
     async def nack(
@@ -895,6 +1192,110 @@ class AsyncClient(_Base):
     async def health(self, url: str | None = None) -> JSONDict:
         """Liveness of one node (default: the first URL), asked once without failover."""
         return await self._run(_op_health(), url or self._urls[0])
+
+    # -- exchanges (publish/subscribe) and streams
+
+    async def declare_exchange(
+        self, name: str, type: str = "direct", *, alternate_queue: str | None = None
+    ) -> JSONDict:
+        """Creates a ``direct``, ``topic`` or ``fanout`` exchange, or confirms an identical one."""
+        return await self._run(_op_declare_exchange(name, type, alternate_queue))
+
+    async def delete_exchange(self, name: str) -> None:
+        """Deletes the exchange and its bindings (not the queues)."""
+        await self._run(_op_delete_exchange(name))
+
+    async def exchange(self, name: str) -> JSONDict:
+        """Type, alternate queue and bindings of one exchange."""
+        return await self._run(_op_exchange(name))
+
+    async def exchanges(self) -> list[JSONDict]:
+        """Every exchange with its bindings."""
+        return await self._run(_op_exchanges())
+
+    async def bind(self, exchange: str, queue: str, routing_key: str = "") -> JSONDict:
+        """Routes messages matching ``routing_key`` (a pattern for topic exchanges) to ``queue``."""
+        return await self._run(_op_bind(exchange, queue, routing_key))
+
+    async def unbind(self, exchange: str, queue: str, routing_key: str = "") -> None:
+        """Removes one binding."""
+        await self._run(_op_unbind(exchange, queue, routing_key))
+
+    async def publish_to_exchange(
+        self, exchange: str, routing_key: str, messages: Payload | Sequence[Payload]
+    ) -> Routed:
+        """Routes one message (a body, Message or dict) or a list of them in one replicated write.
+
+        Every matching queue gets every message or none does; ids are fixed
+        before the first attempt, so a retry is deduplicated in each queue.
+        """
+        return await self._run(_op_publish_exchange(exchange, routing_key, messages))
+
+    def subscribe(
+        self,
+        exchange: str,
+        pattern: str,
+        *,
+        queue: str | None = None,
+        max: int = 100,
+        wait: float = 5,
+    ) -> AsyncSubscription:
+        """Messages of ``exchange`` matching ``pattern`` through a queue of this subscriber's own.
+
+        See :class:`raftmq.pubsub.AsyncSubscription` for when each message is acked.
+        """
+        return AsyncSubscription(self, exchange, pattern, queue=queue, max=max, wait=wait)
+
+    async def declare_stream(
+        self,
+        name: str,
+        *,
+        max_age: float | None = None,
+        max_bytes: int | None = None,
+        max_records: int | None = None,
+    ) -> JSONDict:
+        """Creates a stream with this retention (or confirms an identical one)."""
+        retention = {"max_age": max_age, "max_bytes": max_bytes, "max_records": max_records}
+        return await self._run(_op_declare_stream(name, retention))
+
+    async def delete_stream(self, name: str) -> None:
+        """Deletes the stream, its records and its consumer groups."""
+        await self._run(_op_delete_stream(name))
+
+    async def stream(self, name: str) -> JSONDict:
+        """Retention, offsets, size and consumer groups of one stream."""
+        return await self._run(_op_stream(name))
+
+    async def streams(self) -> list[JSONDict]:
+        """Every stream with its retention, offsets and size."""
+        return await self._run(_op_streams())
+
+    async def append(self, stream: str, records: Payload | Sequence[Payload]) -> list[int]:
+        """Appends one record or a list; returns their offsets (a retried id keeps its offset)."""
+        return await self._run(_op_append(stream, records))
+
+    async def read(
+        self,
+        stream: str,
+        *,
+        offset: int | None = None,
+        group: str | None = None,
+        max: int = 100,
+        wait: float = 0.0,
+    ) -> StreamBatch:
+        """Up to ``max`` records from ``offset`` (or ``group``'s committed offset, else 0).
+
+        Long-polls up to ``wait`` seconds when nothing is there yet.
+        """
+        return await self._run(_op_read(stream, offset, group, max, wait))
+
+    async def commit_offset(self, stream: str, group: str, offset: int) -> int:
+        """Records ``offset`` as the next one ``group`` reads."""
+        return await self._run(_op_commit_offset(stream, group, offset))
+
+    async def group_offset(self, stream: str, group: str) -> int:
+        """The group's committed offset (0 when it never committed)."""
+        return await self._run(_op_group_offset(stream, group))
 
     async def add_member(self, node_id: str, raft: str, http: str) -> list[JSONDict]:
         """Adds a voting member (start it afterwards with the member list); returns members."""
