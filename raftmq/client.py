@@ -621,6 +621,11 @@ class _Attempts:
     def url(self) -> str:
         return self.order[self.index % len(self.order)]
 
+    @property
+    def following(self) -> str:
+        """The node after the current one."""
+        return self.order[(self.index + 1) % len(self.order)]
+
     def failed(self, r: _Retry) -> float:
         """Records a failure; returns the pause before the next try or raises when out of time."""
         self.last = r
@@ -794,6 +799,10 @@ class Client(_Base):
             try:
                 return self._attempt(attempts.url, call, sticky)
             except _Retry as r:
+                if sticky:
+                    # A node that just failed (a paused or cut-off leader) is not the
+                    # first stop of the next call, even when this one runs out of time.
+                    self._preferred = attempts.following
                 delay = attempts.failed(r)
                 if delay > 0:
                     time.sleep(delay)
@@ -1095,6 +1104,10 @@ class AsyncClient(_Base):
             try:
                 return await self._attempt(attempts.url, call, sticky)
             except _Retry as r:
+                if sticky:
+                    # A node that just failed (a paused or cut-off leader) is not the
+                    # first stop of the next call, even when this one runs out of time.
+                    self._preferred = attempts.following
                 delay = attempts.failed(r)
                 if delay > 0:
                     await asyncio.sleep(delay)

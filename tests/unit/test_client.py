@@ -569,3 +569,28 @@ def test_urls_are_normalised() -> None:
         Client([])
     with pytest.raises(ValueError):
         Client("ftp://x")
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """A node that accepts connections and never answers (paused, or cut off mid-way)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+
+
+async def test_a_node_that_timed_out_is_not_the_next_calls_first_stop(
+    fake: FakeCluster, make_client: MakeClient, silent_url: str
+) -> None:
+    leader = fake.node("leader")
+    client = make_client([silent_url, leader.url], timeout=0.3, retry_deadline=0.1)
+
+    with pytest.raises(Unavailable):
+        await call(client, "queues")  # the deadline runs out at the silent node
+    assert leader.seen == []
+    assert await call(client, "queues") == []
+    assert len(leader.seen) == 1
