@@ -690,9 +690,17 @@ def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:
     url = client.urls[0].rstrip("/") + "/v1/backup"
     size = 0
     with urllib.request.urlopen(url, timeout=args.timeout) as resp, open(args.out, "wb") as out:
+        total = int(resp.headers.get("Content-Length") or 0)
+        show_progress = sys.stderr.isatty() and not as_json
         while chunk := resp.read(1 << 20):
             out.write(chunk)
             size += len(chunk)
+            if show_progress and total:
+                sys.stderr.write(
+                    f"\rbackup: {size >> 20} of {total >> 20} MiB ({size * 100 // total}%)"
+                )
+        if show_progress and total:
+            sys.stderr.write("\n")
         applied = resp.headers.get("X-Applied-Index")
     if as_json:
         _json_out({"file": args.out, "bytes": size, "applied_index": int(applied or 0)})
