@@ -18,7 +18,7 @@ from cluster.snapshot import restore_backup
 from node import logs
 from node.app import STOP, make_app
 from node.config import NodeConfig, parse_config
-from node.membership import join_cluster, load_peers, save_peers, was_removed
+from node.membership import join_cluster, load_peers, save_peers, secret_proof, was_removed
 
 logger = logging.getLogger("raftmq.node")
 
@@ -35,6 +35,8 @@ async def _initial_peers(config: NodeConfig) -> NodeConfig:
             "raft": config.raft.raft_address,
             "http": config.advertise_http,
         }
+        if config.raft.cluster_secret is not None:
+            member["secret_proof"] = secret_proof(config.raft.cluster_secret, member)
         logger.info("joining the cluster at %s", config.join)
         members = await join_cluster(config.join, member)
     else:

@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from cluster.errors import ClusterError, NotLeader
-from node import logs, membership, openapi
+from node import auth, logs, membership, openapi
 from node.config import NodeConfig
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
 from node.metrics import Metrics
@@ -382,7 +382,10 @@ async def backup(request: web.Request) -> web.StreamResponse:
 
 async def post_member(request: web.Request) -> web.Response:
     status, body = await membership.add_member(
-        request.app[RAFT], request.app[MEMBERSHIP_LOCK], await read_json(request)
+        request.app[RAFT],
+        request.app[MEMBERSHIP_LOCK],
+        await read_json(request),
+        request.app[CONFIG].raft.cluster_secret,
     )
     return json_response(body, status)
 
@@ -398,7 +401,7 @@ async def delete_member(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
-    from node import routes_pubsub  # it imports this module's helpers
+    from node import routes_pubsub, routes_users  # they import this module's helpers
 
     return [
         web.get("/", dashboard),
@@ -418,6 +421,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/queues/{queue}/ack", ack),
         web.post("/v1/queues/{queue}/nack", nack),
         *routes_pubsub.routes(),
+        *routes_users.routes(),
     ]
 
 
@@ -490,8 +494,16 @@ async def _background(app: web.Application) -> Any:
 
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     metrics = Metrics(raft, config)
+    authenticate = auth.middleware(
+        lambda fn: raft.read(lambda store: store.view(fn)), config.metrics_auth
+    )
     app = web.Application(
-        middlewares=[logs.request_id_middleware, metrics.middleware, error_middleware],
+        middlewares=[
+            logs.request_id_middleware,
+            metrics.middleware,
+            error_middleware,
+            authenticate,
+        ],
         client_max_size=config.limits.max_body_bytes,
     )
     app[RAFT] = raft

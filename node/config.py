@@ -34,6 +34,8 @@ class NodeConfig:
     log_format: str = "text"
     join: str | None = None
     restore: str | None = None
+    # /metrics needs a token (any user) once authentication is on.
+    metrics_auth: bool = False
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -91,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=RaftSettings.proposal_timeout_s,
         help="seconds before a write answers 503 unknown_outcome (default: %(default)s)",
     )
+    parser.add_argument(
+        "--metrics-auth",
+        action="store_true",
+        help="once users exist, /metrics needs a token too (default: open for scrapers)",
+    )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
         "--log-format",
@@ -127,4 +134,5 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         log_format=args.log_format,
         join=args.join,
         restore=args.restore,
+        metrics_auth=args.metrics_auth,
     )

@@ -45,6 +45,11 @@ _RESULT_ERRORS: dict[str, tuple[int, str]] = {
     "exchange_conflict": (409, "exchange_exists_different"),
     "stream_conflict": (409, "stream_exists_different"),
     "out_of_range": (400, "invalid_request"),
+    # Users (storage/users.py).
+    "user_not_found": (404, "user_not_found"),
+    "user_exists": (409, "user_exists"),
+    "last_admin": (409, "last_admin"),
+    "auth_enabled": (401, "unauthorized"),
 }
 
 

@@ -1,6 +1,8 @@
 """Cluster membership over HTTP: add and remove members, join at start-up, remembered peers."""
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import os
 import time
@@ -35,9 +37,34 @@ def _address(value: Any, field: str) -> str:
     return value
 
 
+def secret_proof(secret: str, member: dict[str, str]) -> str:
+    """HMAC of the joining member under the cluster secret.
+
+    A node started with another --cluster-secret cannot speak Raft with the
+    cluster; adding it would only make an unreachable member that weakens the
+    quorum. The join carries this proof so the leader refuses such a node
+    before changing the membership.
+    """
+    text = "\n".join(("raftmq-join", member["id"], member["raft"], member["http"]))
+    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
+def check_secret_proof(secret: str | None, body: Any, member: dict[str, str]) -> None:
+    """403 `cluster_secret_mismatch` unless the join proves the cluster's secret (if it has one)."""
+    if secret is None:
+        return
+    proof = body.get("secret_proof") if isinstance(body, dict) else None
+    if not isinstance(proof, str) or not hmac.compare_digest(proof, secret_proof(secret, member)):
+        raise ApiError(
+            403,
+            "cluster_secret_mismatch",
+            "the joining node does not have this cluster's --cluster-secret",
+        )
+
+
 def parse_member(body: Any) -> dict[str, str]:
     body = expect_object(body)
-    reject_unknown(body, {"id", "raft", "http"})
+    reject_unknown(body, {"id", "raft", "http", "secret_proof"})
     node_id, http = body.get("id"), body.get("http")
     if not isinstance(node_id, str) or not NAME_RE.fullmatch(node_id):
         raise bad_request("id must be a node id of 1-200 of A-Z a-z 0-9 . _ -")
@@ -70,8 +97,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def add_member(raft: RaftPort, lock: asyncio.Lock, body: Any) -> tuple[int, dict[str, Any]]:
+async def add_member(
+    raft: RaftPort, lock: asyncio.Lock, body: Any, secret: str | None = None
+) -> tuple[int, dict[str, Any]]:
     member = parse_member(body)
+    check_secret_proof(secret, body, member)
     raft.require_leader()
     if lock.locked():
         raise ApiError(409, "membership_change_in_progress", "another membership change is running")
@@ -159,7 +189,12 @@ async def join_cluster(
     deadline = loop.time() + deadline_s
     url = join_url.rstrip("/") + "/v1/cluster/members"
     last_error = "no answer"
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    # Once users exist, joining needs an admin's token (RAFTMQ_TOKEN in the node's environment).
+    token = os.environ.get("RAFTMQ_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), headers=headers
+    ) as session:
         while loop.time() < deadline:
             try:
                 async with session.post(url, data=orjson.dumps(member)) as resp:

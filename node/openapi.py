@@ -510,6 +510,20 @@ def _error_responses() -> dict[str, Schema]:
             retry_after,
         ),
         "Internal": response("`internal`: the message names a request id found in the node log."),
+        "Unauthorized": response(
+            "`unauthorized`: no or an unknown bearer token (users exist).",
+            {
+                "WWW-Authenticate": {
+                    "description": "the bearer scheme",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            },
+        ),
+        "Forbidden": response(
+            "`forbidden`: the user lacks the permission (or is not an admin); "
+            "`cluster_secret_mismatch`: a join without this cluster's secret."
+        ),
     }
 
 
@@ -1053,13 +1067,16 @@ def _stream_paths(limits: Limits) -> dict[str, Schema]:
 
 def build_openapi(limits: Limits) -> dict[str, Any]:
     """The whole document; bounds come from `limits`."""
+    from node import openapi_users  # it imports this module's helpers
+
     paths = {
         **_queue_paths(limits),
         **_exchange_paths(),
         **_stream_paths(limits),
         **_cluster_paths(),
+        **openapi_users.paths(),
     }
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "raftmq",
@@ -1076,10 +1093,16 @@ def build_openapi(limits: Limits) -> dict[str, Any]:
             {"name": "streams"},
             {"name": "cluster"},
             {"name": "operations"},
+            {"name": "users"},
         ],
         "paths": paths,
-        "components": {"schemas": _schemas(limits), "responses": _error_responses()},
+        "components": {
+            "schemas": {**_schemas(limits), **openapi_users.schemas()},
+            "responses": _error_responses(),
+        },
     }
+    openapi_users.secure(document)
+    return document
 
 
 def handler(limits: Limits) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -13,7 +13,9 @@ import argparse
 import base64
 import importlib
 import logging
+import os
 import signal
+import ssl
 import sys
 import threading
 import urllib.request
@@ -23,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from raftmq import cli_pubsub
+from raftmq import cli_pubsub, cli_users
 from raftmq.client import Client, ReceivedMessage
 from raftmq.errors import ConnectionFailed, RaftMQError
 from raftmq.supervisor import LocalCluster, NodeExited, PortInUse, StartupCancelled
@@ -120,6 +122,12 @@ def _ctl_common(*, suppress: bool) -> argparse.ArgumentParser:
         default=argparse.SUPPRESS if suppress else False,
         help="print JSON instead of tables",
     )
+    p.add_argument(
+        "--token",
+        default=default,
+        help="bearer token of a user (default: $RAFTMQ_TOKEN); never needed before users exist",
+    )
+    p.add_argument("--ca", default=default, metavar="FILE", help="CA bundle to verify https nodes")
     return p
 
 
@@ -299,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = ops.add_parser("delete", parents=[common], help="delete a queue")
     p.add_argument("queue")
     cli_pubsub.add_parsers(ops, common)
+    cli_users.add_parsers(ops, common)
     _add_examples(parser)
     return parser
 
@@ -445,8 +454,16 @@ def ctl(args: argparse.Namespace) -> int:
     urls = [u for group in groups for u in group]
     as_json = bool(getattr(args, "json", False))
     try:
-        with Client(urls, timeout=args.timeout, retry_deadline=args.retry_deadline) as client:
-            (_OPS.get(args.op) or cli_pubsub.OPS[args.op])(client, args, as_json)
+        with Client(
+            urls,
+            timeout=args.timeout,
+            retry_deadline=args.retry_deadline,
+            token=getattr(args, "token", None) or os.environ.get("RAFTMQ_TOKEN") or None,
+            ca=getattr(args, "ca", None),
+        ) as client:
+            (_OPS.get(args.op) or cli_pubsub.OPS.get(args.op) or cli_users.OPS[args.op])(
+                client, args, as_json
+            )
     except ConnectionFailed as e:
         _err(f"error: {e.message}: {START_HINT}")
         return 1
@@ -689,7 +706,11 @@ def _remove_node(client: Client, args: argparse.Namespace, as_json: bool) -> Non
 def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:
     url = client.urls[0].rstrip("/") + "/v1/backup"
     size = 0
-    with urllib.request.urlopen(url, timeout=args.timeout) as resp, open(args.out, "wb") as out:
+    token = getattr(args, "token", None) or os.environ.get("RAFTMQ_TOKEN")
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    context = ssl.create_default_context(cafile=getattr(args, "ca", None))
+    opened = urllib.request.urlopen(req, timeout=args.timeout, context=context)
+    with opened as resp, open(args.out, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0)
         show_progress = sys.stderr.isatty() and not as_json
         while chunk := resp.read(1 << 20):

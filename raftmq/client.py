@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import http.client
 import logging
 import random
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,10 +46,12 @@ from raftmq.errors import (
     Conflict,
     ConnectionFailed,
     ExchangeNotFound,
+    Forbidden,
     NotFound,
     QueueNotFound,
     RaftMQError,
     StreamNotFound,
+    Unauthorized,
     Unavailable,
 )
 from raftmq.pubsub import (
@@ -527,6 +531,10 @@ def _error_from(resp: _Response) -> RaftMQError:
         return not_found(message, status=status, code=code or "queue_not_found")
     if status == 409:
         return Conflict(message, status=status, code=code or "conflict")
+    if status == 401:
+        return Unauthorized(message, status=status, code=code or "unauthorized")
+    if status == 403:
+        return Forbidden(message, status=status, code=code or "forbidden")
     if 400 <= status < 500:
         return BadRequest(message, status=status, code=code or "bad_request")
     return RaftMQError(message, status=status, code=code or f"http_{status}")
@@ -683,10 +691,40 @@ def _too_many_redirects(url: str) -> _Retry:
     return _Retry(err, answered=True, ambiguous=False)
 
 
+def _ssl_context(ca: str | None, verify: bool, cert: str | None, key: str | None) -> ssl.SSLContext:
+    """Verifies the server (against ``ca`` or the system store) unless ``verify`` is False."""
+    context = ssl.create_default_context(cafile=ca)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    """Request headers; the token goes to every node, redirects included (never logged)."""
+    if token is None:
+        return dict(_HEADERS)
+    return {**_HEADERS, "Authorization": f"Bearer {token}"}
+
+
 class _Base:
     def __init__(
-        self, urls: Sequence[str] | str, *, timeout: float = 10.0, retry_deadline: float = 30.0
+        self,
+        urls: Sequence[str] | str,
+        *,
+        timeout: float = 10.0,
+        retry_deadline: float = 30.0,
+        token: str | None = None,
+        ca: str | None = None,
+        verify: bool = True,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
+        self._headers = _auth_headers(token)
+        # Built on first use: loading the CA store costs milliseconds plain HTTP never needs.
+        self._ssl = functools.cache(functools.partial(_ssl_context, ca, verify, cert, key))
         self._urls = _normalize_urls(urls)
         self._timeout = timeout
         self._retry_deadline = retry_deadline
@@ -710,8 +748,14 @@ class _Base:
 class _SyncTransport:
     """One keep-alive ``http.client`` connection per node origin."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        headers: dict[str, str] | None = None,
+        context: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
         self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._headers = dict(_HEADERS) if headers is None else headers
+        self._context = context or ssl.create_default_context
 
     def close(self) -> None:
         conns, self._conns = self._conns, {}
@@ -723,12 +767,12 @@ class _SyncTransport:
         conn = self._conns.get(origin)
         if conn is None:
             parts = urlsplit(url)
-            cls = (
-                http.client.HTTPSConnection
-                if parts.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = cls(parts.netloc, timeout=timeout)
+            if parts.scheme == "https":
+                conn = http.client.HTTPSConnection(
+                    parts.netloc, timeout=timeout, context=self._context()
+                )
+            else:
+                conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
             self._conns[origin] = conn
         conn.timeout = timeout
         if conn.sock is not None:
@@ -748,7 +792,7 @@ class _SyncTransport:
                     conn.close()
                     raise _transport_retry(url, e, sent=False) from e
             try:
-                conn.request(method, target, body=body, headers=_HEADERS)
+                conn.request(method, target, body=body, headers=self._headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -772,10 +816,28 @@ class Client(_Base):
     """
 
     def __init__(
-        self, urls: Sequence[str] | str, *, timeout: float = 10.0, retry_deadline: float = 30.0
+        self,
+        urls: Sequence[str] | str,
+        *,
+        timeout: float = 10.0,
+        retry_deadline: float = 30.0,
+        token: str | None = None,
+        ca: str | None = None,
+        verify: bool = True,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
-        super().__init__(urls, timeout=timeout, retry_deadline=retry_deadline)
-        self._transport = _SyncTransport()
+        super().__init__(
+            urls,
+            timeout=timeout,
+            retry_deadline=retry_deadline,
+            token=token,
+            ca=ca,
+            verify=verify,
+            cert=cert,
+            key=key,
+        )
+        self._transport = _SyncTransport(self._headers, self._ssl)
 
     def close(self) -> None:
         """Closes the keep-alive connections."""
@@ -1009,6 +1071,27 @@ class Client(_Base):
         """Removes a member by node id or raft address (the leader hands over first)."""
         return self._run(_op_remove_member(member))
 
+    # Users (admin; creating the first admin needs no token).
+
+    def add_user(self, name: str, *, admin: bool = False) -> JSONDict:
+        """Creates a user; the answer's ``token`` is shown only this once."""
+        body = _dumps({"name": name, "admin": admin})
+        return self._run(_Call("POST", "/v1/users", _dict, body))
+
+    def delete_user(self, name: str) -> None:
+        self._run(_Call("DELETE", _named_path("user", name), _none))
+
+    def grant(self, name: str, *, configure: str = "", write: str = "", read: str = "") -> JSONDict:
+        """Sets the user's three permission regexes ("" allows nothing, ".*" everything)."""
+        body = _dumps({"configure": configure, "write": write, "read": read})
+        return self._run(_Call("PUT", _named_path("user", name, "/permissions"), _dict, body))
+
+    def revoke(self, name: str) -> None:
+        self._run(_Call("DELETE", _named_path("user", name, "/permissions"), _none))
+
+    def users(self) -> list[JSONDict]:
+        return self._run(_Call("GET", "/v1/users", lambda d: [dict(u) for u in d["users"]]))
+
 
 # ----------------------------------------------------------------- async client
 
@@ -1016,8 +1099,14 @@ class Client(_Base):
 class _AsyncTransport:
     """A lazily created ``aiohttp.ClientSession`` (created inside the running loop)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        headers: dict[str, str] | None = None,
+        context: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._headers = dict(_HEADERS) if headers is None else headers
+        self._context = context or ssl.create_default_context
 
     async def close(self) -> None:
         session, self._session = self._session, None
@@ -1026,7 +1115,7 @@ class _AsyncTransport:
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=_HEADERS)
+            self._session = aiohttp.ClientSession(headers=self._headers)
         return self._session
 
     async def request(self, method: str, url: str, body: bytes | None, timeout: float) -> _Response:
@@ -1039,6 +1128,7 @@ class _AsyncTransport:
                     data=body,
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout),
+                    ssl=self._context() if url.startswith("https:") else True,
                 ) as resp:
                     data = await resp.read()
                     headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -1069,9 +1159,23 @@ class AsyncClient(_Base):
         timeout: float = 10.0,
         retry_deadline: float = 30.0,
         linger_ms: float = DEFAULT_LINGER_MS,
+        token: str | None = None,
+        ca: str | None = None,
+        verify: bool = True,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
-        super().__init__(urls, timeout=timeout, retry_deadline=retry_deadline)
-        self._transport = _AsyncTransport()
+        super().__init__(
+            urls,
+            timeout=timeout,
+            retry_deadline=retry_deadline,
+            token=token,
+            ca=ca,
+            verify=verify,
+            cert=cert,
+            key=key,
+        )
+        self._transport = _AsyncTransport(self._headers, self._ssl)
         self._batcher: Batcher | None = None
         if linger_ms > 0:
             self._batcher = Batcher(

@@ -13,10 +13,12 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "ExchangeNotFound",
+    "Forbidden",
     "NotFound",
     "QueueNotFound",
     "RaftMQError",
     "StreamNotFound",
+    "Unauthorized",
     "Unavailable",
 ]
 
@@ -62,6 +64,14 @@ class Conflict(RaftMQError):
 
 class BadRequest(RaftMQError):
     """400/413/other 4xx: the request itself is wrong; retrying cannot help."""
+
+
+class Unauthorized(RaftMQError):
+    """401: no token, or one the cluster does not know (users exist)."""
+
+
+class Forbidden(RaftMQError):
+    """403: the token's user lacks the permission for this call."""
 
 
 class Unavailable(RaftMQError):

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from storage import exchanges, keys, streams
+from storage import exchanges, keys, streams, users
 from storage.config import (
     MAX_INT,
     OVERFLOW_DROP_HEAD,
@@ -303,6 +303,7 @@ HANDLERS: Final[dict[str, Callable[[Mutation, Command], Result]]] = {
     "unregister_node": unregister_node,
     **exchanges.HANDLERS,
     **streams.HANDLERS,
+    **users.HANDLERS,
 }
 
 

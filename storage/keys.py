@@ -74,6 +74,17 @@ stream_dedup_age
     skey + appended_at u64 + idkey -> b""  same entries, oldest first
 groups
     skey + group name (UTF-8)    -> u64  the group's committed offset (next to read)
+
+Users (storage/users.py). Authentication is on once `users` is not empty.
+
+users
+    name (UTF-8)                 -> JSON {"admin": bool, "token_sha256": hex,
+                                          "permissions": {"configure", "write",
+                                          "read"} (regexes, "" = nothing),
+                                          "created_at"}
+user_tokens
+    sha256(token) (32 bytes)     -> user name (UTF-8)   index for authentication;
+                                         the token itself is never stored
 """
 
 import hashlib
@@ -99,6 +110,8 @@ RECORDS: Final = b"records"
 STREAM_DEDUP: Final = b"stream_dedup"
 STREAM_DEDUP_AGE: Final = b"stream_dedup_age"
 GROUPS: Final = b"groups"
+USERS: Final = b"users"
+USER_TOKENS: Final = b"user_tokens"
 DB_NAMES: Final = (
     META,
     QUEUES,
@@ -116,6 +129,8 @@ DB_NAMES: Final = (
     STREAM_DEDUP,
     STREAM_DEDUP_AGE,
     GROUPS,
+    USERS,
+    USER_TOKENS,
 )
 
 APPLIED_INDEX: Final = b"applied_index"

@@ -65,6 +65,8 @@ class Dbs(NamedTuple):
     stream_dedup: lmdb._Database
     stream_dedup_age: lmdb._Database
     groups: lmdb._Database
+    users: lmdb._Database
+    user_tokens: lmdb._Database
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ async def clients() -> AsyncIterator[list[AsyncClient]]:
         await client.close()
 
 
-def _client(made: list[AsyncClient], urls: list[str] | str, **kw: float) -> AsyncClient:
+def _client(made: list[AsyncClient], urls: list[str] | str, **kw: Any) -> AsyncClient:
     client = AsyncClient(urls, timeout=5.0, retry_deadline=5.0, **kw)
     made.append(client)
     return client
