@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import signal
+import ssl
 import sys
 
 import uvloop
@@ -19,6 +20,7 @@ from node import logs
 from node.app import STOP, make_app
 from node.config import NodeConfig, parse_config
 from node.membership import join_cluster, load_peers, save_peers, secret_proof, was_removed
+from node.tls import TlsConfigError, peer_context, server_context
 
 logger = logging.getLogger("raftmq.node")
 
@@ -26,7 +28,7 @@ logger = logging.getLogger("raftmq.node")
 SHUTDOWN_GRACE_S = 5.0
 
 
-async def _initial_peers(config: NodeConfig) -> NodeConfig:
+async def _initial_peers(config: NodeConfig, peer_ssl: ssl.SSLContext | None) -> NodeConfig:
     """Members to start with: remembered ones on restart, the cluster's on a first join."""
     first_start = not os.path.exists(os.path.join(config.raft.data_dir, "raft", "journal.bin"))
     if config.join and first_start:
@@ -38,7 +40,7 @@ async def _initial_peers(config: NodeConfig) -> NodeConfig:
         if config.raft.cluster_secret is not None:
             member["secret_proof"] = secret_proof(config.raft.cluster_secret, member)
         logger.info("joining the cluster at %s", config.join)
-        members = await join_cluster(config.join, member)
+        members = await join_cluster(config.join, member, ssl_context=peer_ssl)
     else:
         members = load_peers(config.raft.data_dir) or list(config.raft.peers)
     peers = tuple(m for m in members if m != config.raft.raft_address)
@@ -47,8 +49,12 @@ async def _initial_peers(config: NodeConfig) -> NodeConfig:
     return dataclasses.replace(config, raft=dataclasses.replace(config.raft, peers=peers))
 
 
-async def serve(config: NodeConfig) -> None:
-    config = await _initial_peers(config)
+async def serve(
+    config: NodeConfig,
+    server_ssl: ssl.SSLContext | None = None,
+    peer_ssl: ssl.SSLContext | None = None,
+) -> None:
+    config = await _initial_peers(config, peer_ssl)
     raft = RaftNode(config.raft)
     logs.TERM.set(lambda: int(raft.status()["term"]))
     app = make_app(raft, config)
@@ -59,12 +65,14 @@ async def serve(config: NodeConfig) -> None:
         config.http_host,
         config.http_port,
         shutdown_timeout=SHUTDOWN_GRACE_S,
+        ssl_context=server_ssl,
         reuse_address=True,
     )
     await site.start()
     logger.info(
-        "node %s serving http %s (advertised %s), raft %s, peers %s",
+        "node %s serving %s %s (advertised %s), raft %s, peers %s",
         config.node_id,
+        "https" if server_ssl is not None else "http",
         f"{config.http_host}:{config.http_port}",
         config.advertise_http,
         config.raft.raft_address,
@@ -87,6 +95,12 @@ async def serve(config: NodeConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     logs.setup_logging(config.log_format, config.log_level, config.node_id)
+    try:
+        server_ssl = server_context(config)
+        peer_ssl = peer_context(config) if config.join or config.tls_ca else None
+    except TlsConfigError as exc:
+        logger.error("%s", exc)
+        return 2
     if was_removed(config.raft.data_dir):
         logger.error(
             "%s was removed from its cluster; to add this machine again, start it with an "
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("cannot restore %s: %s", config.restore, exc)
             return 2
         logger.info("restored %s (state at applied index %d)", config.restore, applied)
-    uvloop.run(serve(config))
+    uvloop.run(serve(config, server_ssl, peer_ssl))
     return 0
 
 

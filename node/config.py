@@ -36,6 +36,11 @@ class NodeConfig:
     restore: str | None = None
     # /metrics needs a token (any user) once authentication is on.
     metrics_auth: bool = False
+    # HTTPS for the HTTP API (PEM files); see node/tls.py.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tls_ca: str | None = None
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -62,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", default="", help="comma-separated HOST:PORT Raft addresses of the other nodes"
     )
     parser.add_argument(
-        "--advertise-http", help="URL other nodes redirect clients to (default http://HTTP)"
+        "--advertise-http",
+        help="URL other nodes redirect clients to (default http://HTTP, https://HTTP with TLS)",
     )
     parser.add_argument(
         "--fsync",
@@ -94,6 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before a write answers 503 unknown_outcome (default: %(default)s)",
     )
     parser.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate (chain): serve the HTTP API over HTTPS"
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="PEM CA bundle: require client certificates it signed (needs --tls-cert)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA bundle this node verifies other nodes with, e.g. for --join "
+        "(default: the system store)",
+    )
+    parser.add_argument(
         "--metrics-auth",
         action="store_true",
         help="once users exist, /metrics needs a token too (default: open for scrapers)",
@@ -109,7 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None) -> NodeConfig:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
+    scheme = "https" if args.tls_cert is not None else "http"
     http_host, http_port = _host_port(args.http)
     _host_port(args.raft)
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
@@ -128,11 +155,15 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         node_id=args.id,
         http_host=http_host,
         http_port=http_port,
-        advertise_http=(args.advertise_http or f"http://{args.http}").rstrip("/"),
+        advertise_http=(args.advertise_http or f"{scheme}://{args.http}").rstrip("/"),
         raft=raft,
         log_level=args.log_level.upper(),
         log_format=args.log_format,
         join=args.join,
         restore=args.restore,
         metrics_auth=args.metrics_auth,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        tls_ca=args.tls_ca,
     )

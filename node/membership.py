@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import logging
 import os
+import ssl
 import time
 from typing import Any
 
@@ -178,12 +179,16 @@ def save_peers(data_dir: str, members: list[str]) -> None:
 
 
 async def join_cluster(
-    join_url: str, member: dict[str, str], deadline_s: float = 120.0
+    join_url: str,
+    member: dict[str, str],
+    deadline_s: float = 120.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> list[str]:
     """Ask the cluster at `join_url` to add this node; return the members' raft addresses.
 
     Redirects lead to the leader; 503 and connection errors are retried until
-    the deadline, so a join during an election still succeeds.
+    the deadline, so a join during an election still succeeds. `ssl_context`
+    verifies https nodes (default: the system store).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
@@ -197,7 +202,9 @@ async def join_cluster(
     ) as session:
         while loop.time() < deadline:
             try:
-                async with session.post(url, data=orjson.dumps(member)) as resp:
+                async with session.post(
+                    url, data=orjson.dumps(member), ssl=ssl_context or True
+                ) as resp:
                     payload = await resp.read()
                     if resp.status in (200, 201):
                         members = orjson.loads(payload)["members"]

@@ -227,7 +227,7 @@ def _retention(body: dict[str, Any]) -> dict[str, int | None]:
     if age is not None and (
         isinstance(age, bool)
         or not isinstance(age, int | float)
-        or not math.isfinite(age)
+        or (isinstance(age, float) and not math.isfinite(age))
         or not 0.001 <= age <= MAX_RETENTION_AGE_S
     ):
         raise bad_request(f"max_age must be a number of seconds in [0.001, {MAX_RETENTION_AGE_S}]")

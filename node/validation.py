@@ -47,7 +47,10 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_request(f"{key} must be a number")
+    # math.isfinite() would raise OverflowError on an int beyond float range.
+    if isinstance(value, float) and not math.isfinite(value):
         raise bad_request(f"{key} must be a number")
     if not low <= value <= high:
         raise bad_request(f"{key} must be between {low:g} and {high:g}")

@@ -3,6 +3,7 @@
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,11 +15,14 @@ ClusterFactory = Callable[..., LocalTestCluster]
 
 @pytest.fixture
 def make_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClusterFactory]:
-    """`make_cluster(size=3, extra_args=[...])`: a cluster (not started) killed at teardown."""
+    """`make_cluster(size=3, extra_args=[...], **options)`: a cluster (not started) killed at
+    teardown; `options` (scheme, context) go to LocalTestCluster."""
     started: list[LocalTestCluster] = []
 
-    def factory(size: int = 3, extra_args: list[str] | None = None) -> LocalTestCluster:
-        cluster = LocalTestCluster(tmp_path / f"c{len(started)}", size, extra_args)
+    def factory(
+        size: int = 3, extra_args: list[str] | None = None, **options: Any
+    ) -> LocalTestCluster:
+        cluster = LocalTestCluster(tmp_path / f"c{len(started)}", size, extra_args, **options)
         started.append(cluster)
         return cluster
 

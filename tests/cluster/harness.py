@@ -12,6 +12,7 @@ import itertools
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -93,11 +94,21 @@ class Response:
 
 
 def request(
-    method: str, url: str, body: Any = None, raw: bytes | None = None, timeout_s: float = 10.0
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    timeout_s: float = 10.0,
+    context: ssl.SSLContext | None = None,
 ) -> Response:
-    """One HTTP request without following redirects."""
+    """One HTTP(S) request without following redirects; `context` verifies https nodes."""
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+    host = parts.hostname or "127.0.0.1"
+    conn = (
+        http.client.HTTPSConnection(host, parts.port, timeout=timeout_s, context=context)
+        if parts.scheme == "https"
+        else http.client.HTTPConnection(host, parts.port, timeout=timeout_s)
+    )
     try:
         data = raw if raw is not None else (None if body is None else orjson.dumps(body))
         path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -121,10 +132,11 @@ class NodeProc:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     join_url: str | None = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def alive(self) -> bool:
@@ -132,11 +144,24 @@ class NodeProc:
 
 
 class LocalTestCluster:
-    """N nodes as separate processes; `extra_args` go to every node."""
+    """N nodes as separate processes; `extra_args` go to every node.
 
-    def __init__(self, root: Path, size: int = 3, extra_args: list[str] | None = None) -> None:
+    With `scheme="https"` (the nodes get --tls-* in `extra_args`) the harness's
+    own requests verify the nodes with `context`.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        extra_args: list[str] | None = None,
+        scheme: str = "http",
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         self.root = root
         self.extra_args = list(extra_args or [])
+        self.scheme = scheme
+        self.context = context
         self.nodes: list[NodeProc] = []
         self.founders: list[NodeProc] = []
         for _ in range(size):
@@ -152,6 +177,7 @@ class LocalTestCluster:
             http_port=free_port(),
             data_dir=data_dir,
             log_path=self.root / f"{node_id}.log",
+            scheme=self.scheme,
         )
         self.nodes.append(node)
         return node
@@ -168,7 +194,7 @@ class LocalTestCluster:
         url = via.url + f"/v1/cluster/members/{node.node_id}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            resp = request("DELETE", url, timeout_s=30)
+            resp = request("DELETE", url, timeout_s=30, context=self.context)
             if resp.status == 307:
                 url = resp.headers["location"]
                 continue
@@ -246,7 +272,11 @@ class LocalTestCluster:
                 node.process.wait(timeout=30)
 
     def status(self, node: NodeProc, digest: bool = False) -> dict[str, Any]:
-        resp = request("GET", node.url + "/v1/cluster" + ("?digest=1" if digest else ""))
+        resp = request(
+            "GET",
+            node.url + "/v1/cluster" + ("?digest=1" if digest else ""),
+            context=self.context,
+        )
         assert resp.status == 200, resp.body
         body: dict[str, Any] = resp.body
         return body

@@ -364,18 +364,16 @@ async def test_503_with_retry_after_moves_to_the_next_url(
     assert elapsed >= 0.9, "Retry-After: 1 should be honoured"
 
 
-async def test_connection_refused_node_is_skipped_without_delay(
+async def test_connection_refused_node_is_skipped(
     fake: FakeCluster, make_client: MakeClient
 ) -> None:
     leader = fake.node("leader")
     client = make_client([dead_url(), leader.url])
 
-    started = time.monotonic()
     info = await call(client, "cluster")
 
     assert info["leader"]["id"] == "leader"
     assert len(leader.seen) == 1
-    assert time.monotonic() - started < 1.0
 
 
 async def test_retried_publish_resends_the_same_generated_ids(
