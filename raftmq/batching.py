@@ -210,9 +210,14 @@ class Coalescer(Generic[I, R]):
     async def _send(self, key: str, lane: _Lane[I, R], batch: list[_Entry[I, R]]) -> None:
         try:
             await self._deliver(key, batch)
-        finally:
-            lane.in_flight -= 1  # a lane with requests in flight is never dropped
-            self._dispatch(key)
+        except asyncio.CancelledError:
+            # Only a loop shutting down cancels these tasks: do not start new ones.
+            lane.in_flight -= 1
+            for entry in lane.pending:
+                entry.future.cancel()
+            raise
+        lane.in_flight -= 1  # a lane with requests in flight is never dropped
+        self._dispatch(key)
 
     async def _deliver(self, key: str, batch: list[_Entry[I, R]]) -> None:
         self.requests_sent += 1

@@ -569,14 +569,15 @@ def emit(results: Result, args: argparse.Namespace) -> None:
             _out("\n### extra workloads (medians)\n")
             _out(extras)
     else:
-        _out(_plain(results))
+        sections = []
+        if any(report.row_agg(results, row) is not None for row in report.ROWS):
+            sections.append(_plain(results))
         if peers:
-            _out("")
-            _out(report.compare_table(results, peers))
+            sections.append(report.compare_table(results, peers))
         extras = report.extras_tables(results)
         if extras:
-            _out("")
-            _out(extras)
+            sections.append(extras)
+        _out("\n\n".join(sections))
     if args.chart:
         report.chart(results, peers, args.chart)
         _out(f"\nchart written to {args.chart}")

@@ -600,7 +600,9 @@ async def backlog(peer: RaftMQ, p: Params, progress: Progress | None = None) -> 
         "broker_cpu_s": proc_cpu(pids) - s0,
     }
     prog.note = "deleting the backlog"
+    t = time.perf_counter()
     await _delete_quietly(peer, name)
+    res["delete_seconds"] = time.perf_counter() - t
     return res
 
 

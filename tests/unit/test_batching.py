@@ -324,3 +324,22 @@ async def test_drain_sends_everything_and_waits() -> None:
 
     assert first.result() == 10 and second.result() == 20
     assert c.pending == 0
+
+
+async def test_a_cancelled_request_cancels_its_callers_and_starts_nothing_new() -> None:
+    send = ScriptedSend()
+    send.gate.clear()
+    c: Coalescer[int, int] = Coalescer(send, linger=3600.0, max_in_flight=1)
+    sent = c.submit("k", 1)
+    await asyncio.sleep(0)
+    waiting = c.submit("k", 2)
+    await asyncio.sleep(0)
+
+    tasks = list(c._tasks)  # what a loop shutdown would cancel
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert sent.cancelled() and waiting.cancelled()
+    assert send.batches == [[1]]
+    assert not c._tasks
