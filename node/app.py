@@ -437,6 +437,9 @@ def _wake_listener(
     def on_applied(commands: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
         queues = {str(c.get("queue")) for c in commands if c.get("op") in _WAKING_OPS}
         queues |= wake_keys(commands, results)
+        # Cross threads only when a long poll waits here: most applies (every
+        # one on a follower) have nobody to wake, and the wake-up is not free.
+        queues = waiters.watched(queues)
         if queues:
             loop.call_soon_threadsafe(waiters.notify, queues)
         if any(c.get("op") == "unregister_node" and c.get("raft") == self_raft for c in commands):

@@ -34,6 +34,15 @@ class QueueWaiters:
         finally:
             self.waiting -= 1
 
+    def watched(self, queues: set[str]) -> set[str]:
+        """The queues some long poll waits on; safe to call from the Raft thread.
+
+        A receive registers its event before it reads the store and an apply
+        commits before it asks, so a queue missing here has no waiter that
+        could miss the apply.
+        """
+        return {queue for queue in queues if queue in self._events}
+
     def notify(self, queues: set[str]) -> None:
         for queue in queues:
             event = self._events.pop(queue, None)
