@@ -11,13 +11,14 @@ from typing import Any, Final
 
 from storage import exchanges, keys, streams, users
 from storage.config import (
-    MAX_INT,
     OVERFLOW_DROP_HEAD,
     OVERFLOW_REJECT,
     config_problem,
     normalize_queue_config,
 )
 from storage.errors import InvalidCommand
+from storage.fields import integer as _int
+from storage.fields import string as _str
 from storage.mutation import Mutation, QueueState
 
 # Most timers one receive turns into ready messages, and most ready records it
@@ -33,22 +34,6 @@ Command = dict[str, Any]
 Result = dict[str, Any]
 
 _NOT_FOUND: Final[Result] = {"status": "not_found"}
-
-
-def _int(cmd: Command, key: str, default: int | None = None) -> int:
-    value = cmd.get(key)
-    if value is None and default is not None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
-        raise InvalidCommand(f"{key} must be an integer in [0, {MAX_INT}]")
-    return value
-
-
-def _str(cmd: Command, key: str) -> str:
-    value = cmd.get(key)
-    if not isinstance(value, str):
-        raise InvalidCommand(f"{key} must be a string")
-    return value
 
 
 def _queue_name(cmd: Command) -> str:

@@ -1,7 +1,7 @@
-"""Shape checks and small LMDB helpers shared by the exchange and stream commands.
+"""Shape checks and small LMDB helpers shared by every command module.
 
-They mirror the private checks of commands.py (which imports the exchange and
-stream modules to dispatch to them, so those cannot import it back).
+They live here, not in commands.py, because commands.py imports the exchange,
+stream and user modules to dispatch to them, so those cannot import it back.
 """
 
 from __future__ import annotations
