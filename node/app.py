@@ -498,7 +498,7 @@ async def _background(app: web.Application) -> Any:
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     metrics = Metrics(raft, config)
     authenticate = auth.middleware(
-        lambda fn: raft.read(lambda store: store.view(fn)), config.metrics_auth
+        lambda fn: raft.read(lambda store: store.view(fn)), config.metrics_auth, raft.is_leader
     )
     app = web.Application(
         middlewares=[

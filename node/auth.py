@@ -139,8 +139,22 @@ def check(rule: Rule, record: dict[str, Any], match_info: dict[str, str], user: 
 AuthLookup = Callable[[Callable[[Any, Any], Any]], Any]
 
 
-def middleware(read_store: AuthLookup, metrics_auth: bool) -> Any:
-    """The aiohttp middleware; `read_store(fn)` runs `fn(txn, dbs)` on this node's store."""
+# GET routes that only the leader serves (the others read this node's store).
+_LEADER_READS: Final = {
+    "/v1/streams/{stream}/records",
+    "/v1/streams/{stream}/groups/{group}",
+}
+
+
+def middleware(read_store: AuthLookup, metrics_auth: bool, is_leader: Callable[[], bool]) -> Any:
+    """The aiohttp middleware; `read_store(fn)` runs `fn(txn, dbs)` on this node's store.
+
+    A follower does not judge a request that only the leader serves: its copy
+    of users and permissions may lag the leader's by a few entries (a grant
+    just made would be refused here). The handler redirects it, and the
+    leader decides with the authoritative state. Every state change is a
+    proposal only the leader makes, so nothing is done here unchecked.
+    """
     table = rules(metrics_auth)
 
     @web.middleware
@@ -150,7 +164,10 @@ def middleware(read_store: AuthLookup, metrics_auth: bool) -> Any:
             return await handler(request)
         method = "GET" if request.method == "HEAD" else request.method
         rule = table.get((method, resource.canonical), _ADMIN_ONLY)
-        if rule.level == OPEN or not read_store(users.any_user):
+        leader_bound = method != "GET" or resource.canonical in _LEADER_READS
+        if rule.level == OPEN or (leader_bound and not is_leader()):
+            return await handler(request)
+        if not read_store(users.any_user):
             return await handler(request)
         digest = bytes.fromhex(token_sha256(_bearer(request)))
         found = read_store(users.by_token_hash(digest))

@@ -216,3 +216,15 @@ async def test_bad_permission_regex_is_a_400(client: Client, tokens: dict[str, s
     admin = {"Authorization": f"Bearer {tokens['admin']}"}
     resp = await client.put("/v1/users/nobody/permissions", json={"read": "(("}, headers=admin)
     assert resp.status == 400
+
+
+async def test_a_follower_leaves_leader_bound_requests_to_the_leader(
+    client: Client, fake: FakeRaft, tokens: dict[str, str]
+) -> None:
+    # Its users table may lag the leader's (a grant just made): the leader judges.
+    fake.leader = "127.0.0.1:2"
+    write = await client.post("/v1/queues/q/messages", json={}, allow_redirects=False)
+    assert write.status == 503  # redirected if the leader's URL were known; never 401 here
+    assert (await write.json())["error"]["code"] == "no_leader"
+    local_read = await client.get("/v1/queues")
+    assert local_read.status == 401  # served from this node's store: checked here
