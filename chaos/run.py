@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one bounded chaos run; exit 1 if the checker finds a violation",
         description="Starts its own cluster, runs producers and consumers under faults, "
         "drains, checks the history and tears everything down.",
+        epilog="example: raftmq chaos run --nodes 5 --duration 120 "
+        "--nemesis kill,pause,partition --seed 7 --out chaos-out/seed7",
     )
     run.add_argument("--nodes", type=int, choices=[3, 5], default=3)
     run.add_argument("--duration", type=_positive, default=60.0, metavar="S")

@@ -1,4 +1,4 @@
-"""raftmq as a peer of ../shared/peers/bench.py: the same adapter methods, on AsyncClient.
+"""raftmq as a peer of the peers' bench.py: the same adapter methods, on AsyncClient.
 
 What each method means for raftmq (the HTTP API):
 

@@ -108,14 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="raftmq bench",
         description=(
-            "Run ../shared/peers/bench.py's workloads (W1 W1s W2 W3 W4) and the opt-in "
+            "Run the peers' benchmark workloads (W1 W1s W2 W3 W4) and the opt-in "
             "sizes, queues and backlog against raftmq; medians over --repeat runs."
         ),
         epilog=(
-            "examples:\n"
+            "example:\n"
             "  raftmq bench --repeat 3 --out results/raftmq.json --markdown \\\n"
-            "      --compare ../shared/peers/results/rabbit.json "
-            "--compare ../shared/peers/results/nats.json\n"
+            "      --compare rabbit.json --compare nats.json\n"
             "  raftmq bench --workloads W1,W2 --scale 0.01 --out /tmp/smoke.json\n"
             "  raftmq bench --workloads backlog --backlog 1000000\n"
             "  raftmq bench --url http://10.0.0.1:7200,http://10.0.0.2:7200 --workloads W1,W1s\n"

@@ -2,7 +2,7 @@
 
 The results file has bench.py's shape (``peer``, ``params``, ``facts``, ``reps``: one
 dict per repeat keyed ``w1``, ``w1s``, ``w2``, ``w3``, ``w4`` ...) plus a ``summary``,
-so ``../shared/peers/summarize.py`` reads it and ``--compare`` reads the peers' files.
+so the peers' ``summarize.py`` reads it and ``--compare`` reads the peers' files.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _per_1k(field: str) -> Callable[[Result], float | None]:
     return f
 
 
-# The rows of ../shared/peers/summarize.py (same labels), with the issue's targets.
+# The rows of the peers' summarize.py (same labels), with the issue's targets.
 ROWS: list[Row] = [
     Row("W1 publish-confirmed, 256 in flight", "w1", "msgs_per_s", "{:,.0f}", "msg/s", True, 40000),
     Row("W1 broker CPU per 1k msgs", "w1", _per_1k("broker_cpu_s"), "{:.3f}", "CPU-s", False),

@@ -1,4 +1,4 @@
-"""The workloads of ../shared/peers/bench.py (W1, W1s, W2, W3, W4) against raftmq,
+"""The workloads of the peers' bench.py (W1, W1s, W2, W3, W4) against raftmq,
 plus the opt-in ``backlog``, ``sizes`` and ``queues``.
 
 W1..W4 are line-for-line ports of bench.py's coroutines (same message sizes,

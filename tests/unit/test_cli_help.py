@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from chaos.run import build_parser as chaos_parser
 from node.config import build_parser as node_parser
+from raftmq.bench.cli import build_parser as bench_parser
 from raftmq.cli import build_parser, main
 from tests.unit.test_client import FakeCluster
 
@@ -38,8 +40,11 @@ def test_every_command_help_has_an_example() -> None:
         " ".join(path) or "raftmq" for path, sub in commands if "example:" not in sub.format_help()
     ]
     assert missing == []
-    # `raftmq node` hands its arguments to the node's own parser.
+    # `raftmq node`, `chaos` and `bench` hand their arguments to their own parsers.
     assert "example:" in node_parser().format_help()
+    assert "example:" in bench_parser().format_help()
+    chaos_commands = list(_subcommands(chaos_parser()))
+    assert [p for p, sub in chaos_commands if p and "example:" not in sub.format_help()] == []
 
 
 def test_every_ctl_command_takes_json() -> None:
