@@ -61,6 +61,7 @@ from raftmq.pubsub import (
     StreamRecord,
     Subscription,
     decode_batch,
+    decode_body,
 )
 
 __all__ = [
@@ -210,12 +211,9 @@ def _as_float(value: Any) -> float:
 
 
 def _decode_received(m: Mapping[str, Any]) -> ReceivedMessage:
-    body: str | bytes = m["body"]
-    if m.get("encoding") == "base64":
-        body = base64.b64decode(str(body), validate=True)
     return ReceivedMessage(
         id=str(m["id"]),
-        body=body,
+        body=decode_body(m),
         headers=dict(m.get("headers") or {}),
         receipt=str(m["receipt"]),
         deliveries=int(m.get("deliveries", 0)),

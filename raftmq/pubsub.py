@@ -60,13 +60,18 @@ class StreamBatch:
     first_offset: int
 
 
-def decode_record(raw: Mapping[str, Any]) -> StreamRecord:
+def decode_body(raw: Mapping[str, Any]) -> str | bytes:
+    """A message or record body as sent: text, or bytes when it came base64-encoded."""
     body: str | bytes = raw["body"]
     if raw.get("encoding") == "base64":
         body = base64.b64decode(str(body), validate=True)
+    return body
+
+
+def decode_record(raw: Mapping[str, Any]) -> StreamRecord:
     return StreamRecord(
         offset=int(raw["offset"]),
-        body=body,
+        body=decode_body(raw),
         headers=dict(raw.get("headers") or {}),
         timestamp=int(raw["timestamp"]),
         id=None if raw.get("id") is None else str(raw["id"]),

@@ -200,30 +200,35 @@ class LocalCluster:
         if self._procs:
             raise RuntimeError("cluster already started")
         self.check_ports()
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
         try:
             for spec in self.specs:
                 spec.data_dir.mkdir(parents=True, exist_ok=True)
-                cmd = self.command(spec)
-                with spec.log_path.open("ab") as logf:
-                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                    logf.write(f"--- {stamp} starting: {' '.join(cmd)}\n".encode())
-                    logf.flush()
-                    proc = subprocess.Popen(
-                        cmd,
-                        stdin=subprocess.DEVNULL,
-                        stdout=logf,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        start_new_session=True,
-                        preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks
-                    )
-                self._procs[spec.id] = proc
-                log.info("started %s (pid %d): %s", spec.id, proc.pid, " ".join(cmd))
+                self.launch(spec, "starting")
         except BaseException:
             self.stop()
             raise
+
+    def launch(self, spec: NodeSpec, verb: str = "starting") -> subprocess.Popen[bytes]:
+        """Spawns one node in its own session, its output appended to its log."""
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        cmd = self.command(spec)
+        with spec.log_path.open("ab") as logf:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            logf.write(f"--- {stamp} {verb}: {' '.join(cmd)}\n".encode())
+            logf.flush()
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks
+            )
+        self._procs[spec.id] = proc
+        log.info("%s %s (pid %d): %s", verb, spec.id, proc.pid, " ".join(cmd))
+        return proc
 
     def exited(self) -> list[tuple[NodeSpec, int]]:
         """Nodes that were started and have since ended, with their exit codes."""

@@ -13,9 +13,7 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -25,7 +23,6 @@ from raftmq.supervisor import (
     LocalCluster,
     NodeSpec,
     PortInUse,
-    die_with_parent,
 )
 
 __all__ = ["BenchCluster", "proc_cpu", "proc_memory_kib", "sys_busy"]
@@ -169,23 +166,7 @@ class BenchCluster(LocalCluster):
         old = self.process(spec.id)
         if old is not None and old.poll() is None:
             raise RuntimeError(f"{spec.id} is still running")
-        env = dict(os.environ if self.env is None else self.env)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        cmd = self.command(spec)
-        with spec.log_path.open("ab") as logf:
-            logf.write(f"--- {time.strftime('%H:%M:%S')} restarting: {' '.join(cmd)}\n".encode())
-            logf.flush()
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, no locks
-            )
-        self._procs[spec.id] = proc
-        log.info("restarted %s (pid %d)", spec.id, proc.pid)
+        self.launch(spec, "restarting")
 
 
 def _random_base(nodes: int) -> int:
