@@ -26,6 +26,9 @@ logger = logging.getLogger("raftmq.node")
 
 # Time in-flight requests get to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 5.0
+# After refusing a body (413, 408), the rest of it is read and dropped for this
+# long before the connection is closed, so the client sees the answer, not a reset.
+LINGER_S = 2.0
 
 
 async def _initial_peers(config: NodeConfig, peer_ssl: ssl.SSLContext | None) -> NodeConfig:
@@ -58,7 +61,13 @@ async def serve(
     raft = RaftNode(config.raft)
     logs.TERM.set(lambda: int(raft.status()["term"]))
     app = make_app(raft, config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=config.limits.idle_timeout_s,
+        lingering_time=LINGER_S,
+    )
     await runner.setup()
     site = web.TCPSite(
         runner,

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cluster.errors import ClusterError, NotLeader
 from node import auth, logs, membership, openapi
+from node.body import BodyBudget, read_body
 from node.config import NodeConfig
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
 from node.metrics import Metrics
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 RAFT = web.AppKey("raft", RaftPort)
 CONFIG = web.AppKey("config", NodeConfig)
 WAITERS = web.AppKey("waiters", QueueWaiters)
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 MEMBERSHIP_LOCK = web.AppKey("membership_lock", asyncio.Lock)
 # Set when this node should stop: SIGTERM, or its removal from the cluster.
 STOP = web.AppKey("stop", asyncio.Event)
@@ -60,7 +62,10 @@ def json_response(
 
 
 def error_response(error: ApiError) -> web.Response:
-    return json_response(error.body(), error.status, error.headers)
+    response = json_response(error.body(), error.status, error.headers)
+    if error.headers.get("Connection") == "close":
+        response.force_close()
+    return response
 
 
 def _leader_url(raft: RaftPort, leader_raft: str) -> str | None:
@@ -98,18 +103,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _redirect_or_unavailable(request, exc)
     except ClusterError as exc:
         return error_response(from_cluster_error(exc))
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[CONFIG].limits.max_body_bytes
-        return error_response(
-            ApiError(413, "body_too_large", f"the request body is over {limit} bytes")
-        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return error_response(ApiError(exc.status, code, exc.reason))
-    except asyncio.CancelledError:
-        raise
+    except (asyncio.CancelledError, ConnectionError):
+        raise  # aiohttp drops a connection the client closed while sending its body
     except Exception:
         request_id = logs.current_request_id() or logs.new_request_id()
         logger.exception(
@@ -123,7 +123,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_body(request, request.app[CONFIG].limits, request.app[BODY_BUDGET])
     if not raw:
         return {}
     try:
@@ -512,6 +512,7 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     app[RAFT] = raft
     app[CONFIG] = config
     app[WAITERS] = QueueWaiters(config.limits.max_waiters)
+    app[BODY_BUDGET] = BodyBudget(config.limits.max_body_buffer_bytes)
     app[MEMBERSHIP_LOCK] = asyncio.Lock()
     app[STOP] = asyncio.Event()
     app.cleanup_ctx.append(_background)

@@ -1,25 +1,48 @@
 """Node configuration: command-line flags and their documented defaults."""
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from cluster.settings import RaftSettings
 
 
+def _limit(default: float, help_text: str) -> Any:
+    """A Limits field: its flag is `--` + the name in kebab case, without the `_s` suffix."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Every size, count and duration the HTTP API accepts. Times in seconds."""
+    """Every size, count and duration the HTTP API accepts. Times in seconds.
 
-    max_body_bytes: int = 8 << 20
-    max_message_bytes: int = 1 << 20
-    max_batch: int = 1000
-    max_headers: int = 64
-    max_receive: int = 1000
-    max_wait_s: float = 20.0
-    max_delay_s: float = 900.0
-    max_visibility_timeout_s: float = 43200.0
-    dedup_window_s: float = 300.0
-    max_waiters: int = 10000
+    Each field is a `raftmq node` flag (`max_body_bytes` -> `--max-body-bytes`,
+    `max_wait_s` -> `--max-wait`); README.md lists them.
+    """
+
+    max_body_bytes: int = _limit(8 << 20, "request body size (413 body_too_large)")
+    max_message_bytes: int = _limit(1 << 20, "one message body (413 message_too_large)")
+    max_batch: int = _limit(1000, "messages per publish, receipts per ack/nack")
+    max_headers: int = _limit(64, "headers per message")
+    max_receive: int = _limit(1000, "largest `max` of one receive or stream read")
+    max_wait_s: float = _limit(20.0, "longest long-poll `wait`")
+    max_delay_s: float = _limit(900.0, "longest delivery or nack delay")
+    max_visibility_timeout_s: float = _limit(43200.0, "longest visibility timeout (lease)")
+    dedup_window_s: float = _limit(300.0, "how long a publish id is remembered for dedup")
+    max_waiters: int = _limit(10000, "long polls parked on this node at once (then 503)")
+    max_body_buffer_bytes: int = _limit(
+        256 << 20, "request bodies being received at once, summed (then 503 overloaded)"
+    )
+    body_timeout_s: float = _limit(
+        30.0, "a request body must arrive within this time (else 408 request_timeout)"
+    )
+    idle_timeout_s: float = _limit(
+        60.0, "close a connection that sends no complete request head for this long"
+    )
+
+
+def limit_flag(name: str) -> str:
+    return "--" + name.removesuffix("_s").replace("_", "-")
 
 
 @dataclass(frozen=True)
@@ -119,6 +142,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="once users exist, /metrics needs a token too (default: open for scrapers)",
     )
+    parser.add_argument(
+        "--max-pending-commands",
+        type=int,
+        default=RaftSettings.max_pending_commands,
+        help="writes waiting for Raft on the leader; beyond, 503 overloaded (default: %(default)s)",
+    )
+    limits = parser.add_argument_group("limits", "what one client may ask of this node")
+    for limit in fields(Limits):
+        limits.add_argument(
+            limit_flag(limit.name),
+            dest=f"limit_{limit.name}",
+            type=type(limit.default),
+            default=limit.default,
+            metavar="N" if isinstance(limit.default, int) else "SECONDS",
+            help=f"{limit.metadata['help']} (default: %(default)s)",
+        )
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument(
         "--log-format",
@@ -150,13 +189,19 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         cluster_secret=args.cluster_secret,
         snapshot_entries=args.snapshot_entries,
         proposal_timeout_s=args.proposal_timeout,
+        max_pending_commands=args.max_pending_commands,
     )
+    limits = Limits(**{f.name: getattr(args, f"limit_{f.name}") for f in fields(Limits)})
+    for name, value in vars(limits).items():
+        if value <= 0:
+            parser.error(f"{limit_flag(name)} must be positive")
     return NodeConfig(
         node_id=args.id,
         http_host=http_host,
         http_port=http_port,
         advertise_http=(args.advertise_http or f"{scheme}://{args.http}").rstrip("/"),
         raft=raft,
+        limits=limits,
         log_level=args.log_level.upper(),
         log_format=args.log_format,
         join=args.join,

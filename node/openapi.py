@@ -121,6 +121,8 @@ def _operation(
     if body is not None:
         all_responses.setdefault("400", _error_ref("BadRequest"))
         all_responses.setdefault("413", _error_ref("TooLarge"))
+        all_responses.setdefault("408", _error_ref("RequestTimeout"))
+        all_responses.setdefault("503", _error_ref("Unavailable"))
     all_responses.update(_COMMON_ERRORS)
     operation: Schema = {
         "operationId": op_id,
@@ -493,6 +495,10 @@ def _error_responses() -> dict[str, Schema]:
             "`stream_exists_different`, `membership_change_in_progress`, `would_lose_quorum`."
         ),
         "TooLarge": response("`body_too_large` or `message_too_large`."),
+        "RequestTimeout": response(
+            "`request_timeout`: the request body did not arrive within the node's "
+            "`--body-timeout`; the connection is closed."
+        ),
         "Redirect": response(
             "This node is a follower: repeat the request (same method and body) at Location, "
             "the leader (`not_leader`).",
@@ -506,7 +512,8 @@ def _error_responses() -> dict[str, Schema]:
         ),
         "Unavailable": response(
             "`no_leader`, `unknown_outcome` (the write may or may not have happened), "
-            "`overloaded`, `too_many_waiters` or `not_ready`.",
+            "`overloaded` (too many writes waiting for Raft, or request bodies being "
+            "received), `too_many_waiters` or `not_ready`.",
             retry_after,
         ),
         "Internal": response("`internal`: the message names a request id found in the node log."),
