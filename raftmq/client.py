@@ -25,11 +25,11 @@ import binascii
 import functools
 import http.client
 import logging
+import os
 import random
 import re
 import ssl
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -195,8 +195,18 @@ def _encode_message(msg: Message | Mapping[str, Any]) -> JSONDict:
     elif not isinstance(body, str):
         raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
     if not out.get("id"):
-        out["id"] = uuid.uuid4().hex
+        out["id"] = new_message_id()
     return out
+
+
+def new_message_id() -> str:
+    """A unique id that sorts by creation time: 48-bit ms clock, then 80 random bits (as UUIDv7).
+
+    Each node indexes publish ids for deduplication; ids that arrive roughly in
+    order land at the end of that B-tree instead of dirtying a random page each,
+    which makes every node's apply of a publish several microseconds cheaper.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
 def _as_float(value: Any) -> float:
