@@ -14,6 +14,7 @@ from cluster.settings import RaftSettings
 from cluster.snapshot import SnapshotCodec
 from cluster.store_holder import StoreHolder
 from cluster.transport import FlushingTransport
+from cluster.wire_guard import install_wire_guard
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
         # Called from the tick thread only, once pysyncobj has created its journal.
         codec.attach_journal(lambda: journal_of(self))
         install_journal(settings.fsync)
+        install_wire_guard()
         super().__init__(
             settings.raft_address,
             [p for p in settings.peers if p != settings.raft_address],

@@ -7,6 +7,8 @@ HTTP is refused before the membership changes (the join carries an HMAC proof
 of the secret), so the node cannot become an unreachable member either.
 """
 
+import socket
+import struct
 import time
 
 from tests.cluster.conftest import ClusterFactory
@@ -61,3 +63,31 @@ def test_wrong_secret_node_never_joins_nor_disrupts(make_cluster: ClusterFactory
     cluster.kill(intruder)
     statuses = cluster.wait_converged()
     assert {s["term"] for s in statuses} == {before["term"]}
+
+
+def test_a_stranger_on_the_raft_port_cannot_make_a_node_buffer(
+    make_cluster: ClusterFactory,
+) -> None:
+    """pysyncobj would buffer whatever a connection sends until the announced length arrives."""
+    cluster = make_cluster(extra_args=["--cluster-secret", "secret-A"]).start()
+    leader = cluster.wait_leader()
+    host, port = leader.raft.rsplit(":", 1)
+    junk = b"\x00" * 65536
+    for announced in (2**31 - 1, 100):
+        sent = 0
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            try:
+                sock.sendall(struct.pack("i", announced))
+                while sent < 64 << 20:
+                    sock.sendall(junk)
+                    sent += len(junk)
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            else:
+                raise AssertionError(f"the node took {sent} bytes announced as {announced}")
+        assert sent < 16 << 20  # what the kernel buffers held before the reset
+    assert "closing a Raft connection that sent more than" in leader.log_path.read_text()
+    assert cluster.leader() is not None
+    assert cluster.status(leader)["role"] == "leader"
+    resp = request("PUT", leader.url + "/v1/queues/after", {})
+    assert resp.status == 201
