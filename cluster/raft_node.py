@@ -83,10 +83,16 @@ class RaftNode:
             raise NoLeader("leadership is being handed over; retry shortly")
         if self.is_leader():
             return
-        leader = self.leader_raft()
+        leader = self._broker._getLeader()
         if leader is None:
             raise NoLeader("no leader is known; an election may be in progress")
-        raise NotLeader(leader)
+        if not self._broker.isNodeConnected(leader):
+            # The leader this node last heard of is unreachable from here (it
+            # died, or we are cut off): redirecting to it would send the client
+            # to a dead address until our election timeout; answer like an
+            # election in progress instead, which the client retries quickly.
+            raise NoLeader("the last known leader is unreachable; an election may be in progress")
+        raise NotLeader(str(leader.id))
 
     def read(self, fn: Callable[[Store], T]) -> T:
         return self.holder.read(fn)

@@ -13,8 +13,11 @@ class RaftSettings:
     fsync: bool = True
     cluster_secret: str | None = None
     # Elections: a follower waits a random time in [min, max] without heartbeats.
-    election_timeout_min_s: float = 0.5
-    election_timeout_max_s: float = 1.0
+    # 4-8 heartbeat periods: a dead leader is replaced in ~0.2-0.4 s. A follower
+    # whose tick thread was starved reads pending heartbeats before it calls an
+    # election (cluster.raft_fixes.ReadBeforeElection).
+    election_timeout_min_s: float = 0.2
+    election_timeout_max_s: float = 0.4
     # Heartbeat / append-entries period of the leader.
     append_entries_period_s: float = 0.05
     # Timer resolution of the tick thread (network events wake it sooner).

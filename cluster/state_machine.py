@@ -9,7 +9,13 @@ import orjson
 from pysyncobj import SyncObj, SyncObjConf, replicated
 
 from cluster.journal import install_journal, journal_of
-from cluster.raft_fixes import PipelinedReplication
+from cluster.raft_fixes import (
+    CommitRidesOnNextMessage,
+    KeepPeerLinksAlive,
+    LeaderFlushesInParallel,
+    PipelinedReplication,
+    ReadBeforeElection,
+)
 from cluster.settings import RaftSettings
 from cluster.snapshot import SnapshotCodec
 from cluster.store_holder import StoreHolder
@@ -55,7 +61,14 @@ def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> An
     )
 
 
-class ReplicatedBroker(PipelinedReplication, SyncObj):  # type: ignore[misc]
+class ReplicatedBroker(
+    KeepPeerLinksAlive,
+    ReadBeforeElection,
+    LeaderFlushesInParallel,
+    CommitRidesOnNextMessage,
+    PipelinedReplication,
+    SyncObj,  # type: ignore[misc]
+):
     """pysyncobj's SyncObj with the broker as its state."""
 
     def __init__(

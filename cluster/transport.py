@@ -8,6 +8,14 @@ anything not yet durable. Flushes are thereby batched per outgoing message
 rather than per entry: a follower appending a batch of 500 entries pays one
 fdatasync before its single acknowledgement. (Term and vote are already
 durable: DurableJournal.setCurrentTerm syncs before returning.)
+
+One exception: the append_entries requests of a SyncObj that flushes its
+journal itself before it counts its own entries toward a commit
+(``flushes_before_counting``, see cluster.raft_fixes.LeaderFlushesInParallel)
+leave at once, so the leader's fdatasync runs while the followers store the
+entries rather than before they even receive them. The durability rule is
+unchanged: an entry is committed, and so acknowledged, only once a majority
+has it fdatasync'd, the leader counting itself only after its own flush.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ class FlushingTransport(pysyncobj.transport.TCPTransport):  # type: ignore[misc]
                 "cluster.journal.install_journal() before creating the SyncObj"
             )
         self._journal: DurableJournal | None = journal
+        self._leader_flushes_itself = bool(getattr(syncObj, "flushes_before_counting", False))
         super().__init__(syncObj, selfNode, otherNodes)
 
     @property
@@ -51,8 +60,20 @@ class FlushingTransport(pysyncobj.transport.TCPTransport):  # type: ignore[misc]
         return self._journal
 
     def send(self, node: Any, message: Any) -> bool:
-        """Flush the journal if dirty, then send; a failed flush sends nothing."""
+        """Flush the journal if dirty, then send; a failed flush sends nothing.
+
+        Append-entries of a leader that flushes before counting itself are
+        sent without waiting for the flush (see the module docstring).
+        """
         journal = self._journal
-        if journal is not None and journal.dirty:
+        if (
+            journal is not None
+            and journal.dirty
+            and not (
+                self._leader_flushes_itself
+                and isinstance(message, dict)
+                and message.get("type") == "append_entries"
+            )
+        ):
             journal.flush()
         return bool(super().send(node, message))

@@ -82,7 +82,7 @@ def _redirect_or_unavailable(request: web.Request, exc: NotLeader) -> web.Respon
                 503,
                 "no_leader",
                 "the leader's address is not known yet; retry shortly",
-                {"Retry-After": "1"},
+                {"Retry-After": "0"},  # a fraction of a second: clients poll (node/errors.py)
             )
         )
     return web.Response(

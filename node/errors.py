@@ -27,7 +27,10 @@ def bad_request(message: str, code: str = "invalid_request") -> ApiError:
 
 # Errors from cluster/ (NotLeader is turned into a redirect before this table).
 _CLUSTER_ERRORS: dict[type[ClusterError], tuple[int, str, str]] = {
-    NoLeader: (503, "no_leader", "1"),
+    # An election or a leadership hand-over takes a fraction of a second and
+    # Retry-After has whole seconds only: "0" lets the client poll (it waits
+    # 50-100 ms between tries on no_leader, see raftmq.client).
+    NoLeader: (503, "no_leader", "0"),
     UnknownOutcome: (503, "unknown_outcome", "1"),
     Overloaded: (503, "overloaded", "1"),
 }

@@ -9,6 +9,11 @@ failover:
 * a 502/503/504, a refused connection or a timeout moves on to the next node URL
   with exponential backoff and jitter (a 503's ``Retry-After`` is honoured, capped)
   until ``retry_deadline`` seconds have passed, then :class:`Unavailable` is raised;
+* a ``503 no_leader`` (an election or a leadership hand-over: a fraction of a second)
+  is polled every 50-100 ms for its first ``ELECTION_POLL_FOR`` seconds instead, so
+  the first try after the new leader is elected is at most ~0.1 s late; an explicit,
+  longer ``Retry-After`` still wins, and a cluster that stays leaderless longer
+  (no quorum) gets the exponential backoff;
 * every published message carries an id (generated client-side when the caller gives
   none) and a retry re-sends the same ids, so the server's dedup window turns a
   retried publish whose first attempt did commit into a no-op rather than a duplicate;
@@ -84,6 +89,10 @@ MAX_REDIRECTS = 5
 RETRY_AFTER_CAP = 2.0
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 1.0
+# Polling a node that answered no_leader: a pause in [min, max], for this long.
+ELECTION_POLL_MIN = 0.05
+ELECTION_POLL_MAX = 0.1
+ELECTION_POLL_FOR = 2.0
 USER_AGENT = "raftmq-python/0.1"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -632,6 +641,7 @@ class _Attempts:
         self.answered = False
         self.ambiguous = False
         self.last: _Retry | None = None
+        self.leaderless_since: float | None = None  # first no_leader answer
 
     @property
     def url(self) -> str:
@@ -649,10 +659,19 @@ class _Attempts:
         self.answered |= r.answered
         self.ambiguous |= r.ambiguous
         self.index += 1
-        remaining = self.deadline - time.monotonic()
+        now = time.monotonic()
+        remaining = self.deadline - now
         if remaining <= 0:
             raise self.exhausted()
-        if r.retry_after is not None:
+        if r.answered and r.error.code == "no_leader":
+            if self.leaderless_since is None:
+                self.leaderless_since = now
+            if now - self.leaderless_since < ELECTION_POLL_FOR:
+                pause = random.uniform(ELECTION_POLL_MIN, ELECTION_POLL_MAX)
+            else:
+                pause = self._backoff()
+            delay = max(r.retry_after or 0.0, pause)
+        elif r.retry_after is not None:
             delay = max(r.retry_after, self._backoff())
         elif not r.answered and self.index % len(self.order) != 0:
             delay = 0.0  # a node we have not tried this round may be fine: go now

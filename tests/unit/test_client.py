@@ -34,7 +34,16 @@ from raftmq import (
     ReceivedMessage,
     Unavailable,
 )
-from raftmq.client import AckResult, NackResult, _retry_after
+from raftmq.client import (
+    ELECTION_POLL_FOR,
+    ELECTION_POLL_MAX,
+    ELECTION_POLL_MIN,
+    AckResult,
+    NackResult,
+    _Attempts,
+    _Retry,
+    _retry_after,
+)
 
 T = TypeVar("T")
 
@@ -362,6 +371,57 @@ async def test_503_with_retry_after_moves_to_the_next_url(
     assert len(other.seen) == 1
     assert len(leader.seen) == 1
     assert elapsed >= 0.9, "Retry-After: 1 should be honoured"
+
+
+async def test_no_leader_is_polled_quickly(
+    fake: FakeCluster, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 no_leader with Retry-After: 0 (an election) is retried every 50-100 ms."""
+    leader = fake.node("leader")
+    leader.fail(3, status=503, code="no_leader", retry_after="0")
+    pauses: list[float] = []
+    failed = _Attempts.failed
+
+    def recording(self: _Attempts, r: _Retry) -> float:
+        pause = failed(self, r)
+        pauses.append(pause)
+        return pause
+
+    monkeypatch.setattr(_Attempts, "failed", recording)
+    client = make_client([leader.url])
+
+    assert await call(client, "queues") == []
+    assert len(leader.seen) == 4
+    assert len(pauses) == 3
+    assert all(ELECTION_POLL_MIN <= p <= ELECTION_POLL_MAX for p in pauses), pauses
+
+
+def test_no_leader_polling_gives_way_to_backoff_and_to_a_longer_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def no_leader(retry_after: float | None) -> _Retry:
+        err = RaftMQError("no leader", status=503, code="no_leader")
+        return _Retry(err, answered=True, ambiguous=False, retry_after=retry_after)
+
+    attempts = _Attempts(["http://a", "http://b"], None, budget=60.0)
+    early = []
+    for _ in range(6):
+        early.append(attempts.failed(no_leader(0.0)))
+        clock[0] += early[-1]
+    assert all(ELECTION_POLL_MIN <= p <= ELECTION_POLL_MAX for p in early), early
+    # Leaderless for longer than an election takes: exponential backoff again.
+    clock[0] += ELECTION_POLL_FOR
+    later = [attempts.failed(no_leader(0.0)) for _ in range(8)]
+    assert max(later) > ELECTION_POLL_MAX, later
+    # An explicit, longer Retry-After from the server is honoured.
+    assert _Attempts(["http://a"], None, budget=60.0).failed(no_leader(1.0)) >= 1.0
+    # Any other 503 keeps the exponential backoff (an unknown outcome is not an election).
+    other = _Retry(RaftMQError("x", status=503, code="overloaded"), answered=True, ambiguous=True)
+    fresh = _Attempts(["http://a"], None, budget=60.0)
+    assert [fresh.failed(other) for _ in range(6)][-1] > ELECTION_POLL_MAX
 
 
 async def test_connection_refused_node_is_skipped(

@@ -1,8 +1,11 @@
 """Durability ordering: nothing leaves a node before what it reflects is on disk.
 
-Acceptance: no append_entries request and no append_entries (next_node_idx)
-response leaves a node before the entries it covers were fdatasync'd there,
-and term and vote survive a SIGKILL.
+Acceptance: no append_entries (next_node_idx) response leaves a node before
+the entries it covers were fdatasync'd there, no append_entries request of a
+plain SyncObj either, and term and vote survive a SIGKILL. A leader with
+cluster.raft_fixes.LeaderFlushesInParallel sends its entries before its own
+fdatasync; for it (and for every node) no commit index that leaves a node and
+no apply may cover an entry that is not fdatasync'd on a majority.
 
 The cluster tests run three real pysyncobj nodes in this process, each with
 its own tick thread and TCP sockets. A checker wraps each journal's syncer
@@ -34,6 +37,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, repli
 from pysyncobj.journal import MemoryJournal
 
 from cluster.journal import DurableJournal, install_journal, journal_of, load_meta
+from cluster.raft_fixes import CommitRidesOnNextMessage, LeaderFlushesInParallel
 from cluster.transport import FlushingTransport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +65,7 @@ class DurabilityChecker:
         self._durable: dict[str, dict[int, int]] = {}
         self.violations: list[str] = []
         self.checked: collections.Counter[str] = collections.Counter()
+        self.nodes = 3
 
     def watch(self, journal: DurableJournal) -> None:
         real_syncer = journal.syncer
@@ -78,16 +83,51 @@ class DurabilityChecker:
         with self._lock:
             self.violations.append(text)
 
-    def on_send(self, journal: DurableJournal, self_id: str, dest_id: str, message: Any) -> None:
+    def _not_on_a_majority(self, journal: DurableJournal, up_to: int) -> list[tuple[int, int]]:
+        """Entries of ``journal`` up to index ``up_to`` not fdatasync'd on a majority."""
+        with self._lock:
+            durables = [dict(d) for d in self._durable.values()]
+        majority = self.nodes // 2 + 1
+        return [
+            (idx, term)
+            for _, idx, term in journal[:]
+            if idx <= up_to and sum(d.get(idx) == term for d in durables) < majority
+        ]
+
+    def on_apply(self, journal: DurableJournal, idx: int) -> None:
+        self.checked["apply"] += 1
+        for entry in self._not_on_a_majority(journal, idx):
+            self._violation(f"{journal.path}: applies {idx} while {entry} is not on a majority")
+
+    def on_send(
+        self,
+        journal: DurableJournal,
+        self_id: str,
+        dest_id: str,
+        message: Any,
+        *,
+        leader_flushes_itself: bool = False,
+    ) -> None:
         kind = message.get("type")
         with self._lock:
             durable = dict(self._durable.get(journal.path, {}))
         where = f"{self_id} -> {dest_id} {kind}"
+        if kind == "append_entries":
+            commit = int(message.get("commit_index", 0))
+            if commit > 0:
+                self.checked["commit_index"] += 1
+                for entry in self._not_on_a_majority(journal, commit):
+                    self._violation(
+                        f"{where}: commit index {commit} covers {entry}, not on a majority"
+                    )
         if kind == "append_entries" and message.get("entries"):
             self.checked[kind] += 1
             for _, idx, term in message["entries"]:
                 if durable.get(idx) != term:
-                    self._violation(f"{where}: entry ({idx}, {term}) not fdatasync'd")
+                    if leader_flushes_itself:
+                        self.checked["sent_before_own_flush"] += 1
+                    else:
+                        self._violation(f"{where}: entry ({idx}, {term}) not fdatasync'd")
         elif kind == "next_node_idx" and message["success"]:
             self.checked[kind] += 1
             acked = message["next_node_idx"] - 1
@@ -115,7 +155,13 @@ def recording_transport(checker: DurabilityChecker, *, flush: bool) -> type[Any]
         def send(self, node: Any, message: Any) -> bool:
             journal = journal_of(self._syncObj)
             if journal is not None:
-                checker.on_send(journal, self._selfNode.id, node.id, message)
+                checker.on_send(
+                    journal,
+                    self._selfNode.id,
+                    node.id,
+                    message,
+                    leader_flushes_itself=getattr(self._syncObj, "flushes_before_counting", False),
+                )
             return bool(super().send(node, message))
 
     if not flush:
@@ -131,14 +177,29 @@ def recording_transport(checker: DurabilityChecker, *, flush: bool) -> type[Any]
 
 
 class CounterNode(SyncObj):  # type: ignore[misc]
+    checker: DurabilityChecker | None = None  # set by the start_cluster fixture
+
     def __init__(self, self_addr: str, partners: list[str], conf: Any, transport: Any) -> None:
         self.value = 0
         super().__init__(self_addr, partners, conf=conf, transportClass=transport)
 
     @replicated  # type: ignore[untyped-decorator]
     def incr(self) -> int:
+        journal = journal_of(self)
+        if self.checker is not None and journal is not None:
+            self.checker.on_apply(journal, int(self.raftLastApplied) + 1)
         self.value += 1
         return self.value
+
+
+class ParallelFlushNode(LeaderFlushesInParallel, CommitRidesOnNextMessage, CounterNode):
+    """As ReplicatedBroker: the leader fdatasyncs while its append-entries travel."""
+
+
+class CountsItselfUnflushed(CounterNode):
+    """Wrong on purpose: claims to flush before counting itself, and does not."""
+
+    flushes_before_counting = True
 
 
 def free_ports(count: int) -> list[int]:
@@ -166,7 +227,7 @@ def stop_nodes(nodes: list[CounterNode]) -> None:
             node._doDestroy()
 
 
-StartCluster = Callable[[type[Any]], list[CounterNode]]
+StartCluster = Callable[..., list[CounterNode]]
 
 
 @pytest.fixture
@@ -193,10 +254,14 @@ def durable_journals(monkeypatch: pytest.MonkeyPatch, checker: DurabilityChecker
 
 
 @pytest.fixture
-def start_cluster(tmp_path: Path, durable_journals: None) -> Iterator[StartCluster]:
+def start_cluster(
+    tmp_path: Path, durable_journals: None, checker: DurabilityChecker
+) -> Iterator[StartCluster]:
     clusters: list[list[CounterNode]] = []
 
-    def start(transport: type[Any]) -> list[CounterNode]:
+    def start(
+        transport: type[Any], node_class: type[CounterNode] = CounterNode
+    ) -> list[CounterNode]:
         for attempt in range(5):
             ports = free_ports(3)
             addrs = [f"127.0.0.1:{port}" for port in ports]
@@ -217,9 +282,9 @@ def start_cluster(tmp_path: Path, durable_journals: None) -> Iterator[StartClust
                         connectionRetryTime=0.1,
                         leaderFallbackTimeout=2.0,
                     )
-                    nodes.append(
-                        CounterNode(addr, [a for a in addrs if a != addr], conf, transport)
-                    )
+                    node = node_class(addr, [a for a in addrs if a != addr], conf, transport)
+                    node.checker = checker
+                    nodes.append(node)
                     nodes[-1].waitBinded()
             except SyncObjException:
                 stop_nodes(nodes)
@@ -233,7 +298,12 @@ def start_cluster(tmp_path: Path, durable_journals: None) -> Iterator[StartClust
         stop_nodes(nodes)
 
 
-def run_increments(nodes: list[CounterNode], per_node: int) -> None:
+def run_increments(
+    nodes: list[CounterNode],
+    per_node: int,
+    expect_total: int | None = None,
+    through: list[CounterNode] | None = None,
+) -> None:
     """Elect a leader, increment through every node, wait until all applied all."""
 
     def leader_agreed() -> bool:
@@ -248,13 +318,15 @@ def run_increments(nodes: list[CounterNode], per_node: int) -> None:
         with lock:
             results.append(error)
 
+    senders = nodes if through is None else through
     for _ in range(per_node):
-        for node in nodes:
+        for node in senders:
             node.incr(callback=done)
-    total = per_node * len(nodes)
+    total = per_node * len(senders)
     wait_until(lambda: len(results) == total, 20, "all increments answered")
     assert results == [FAIL_REASON.SUCCESS] * total
-    wait_until(lambda: all(n.value == total for n in nodes), 20, "all nodes applied")
+    final = total if expect_total is None else expect_total
+    wait_until(lambda: all(n.value == final for n in nodes), 20, "all nodes applied")
 
 
 @pytest.mark.timeout(90)
@@ -272,7 +344,48 @@ def test_no_message_leaves_before_its_entries_are_fdatasynced(
     assert checker.checked["next_node_idx"] >= 2
     assert checker.checked["request_vote"] >= 1
     assert checker.checked["response_vote"] >= 1
+    assert checker.checked["commit_index"] >= 1
+    assert checker.checked["apply"] >= 1
     assert all(j is not None and j.sync_count > 0 for j in journals)
+
+
+def stop_a_follower(nodes: list[CounterNode]) -> list[CounterNode]:
+    """Stops one follower; the leader then counts itself to reach a majority."""
+    follower = next(n for n in nodes if not n._isLeader())
+    follower.destroy_synchronous()
+    return [n for n in nodes if n is not follower]
+
+
+@pytest.mark.timeout(90)
+def test_a_leader_flushing_in_parallel_commits_only_what_a_majority_synced(
+    start_cluster: StartCluster, checker: DurabilityChecker
+) -> None:
+    nodes = start_cluster(recording_transport(checker, flush=True), ParallelFlushNode)
+    run_increments(nodes, per_node=10)
+    # With one follower gone every commit needs the leader's own flush.
+    live = stop_a_follower(nodes)
+    run_increments(live, per_node=10, expect_total=50)
+
+    assert checker.violations == []
+    # Not vacuous: the leader did send entries before its own fdatasync.
+    assert checker.checked["sent_before_own_flush"] >= 1
+    assert checker.checked["commit_index"] >= 1
+    assert checker.checked["apply"] >= 1
+
+
+@pytest.mark.timeout(90)
+def test_checker_catches_a_leader_that_counts_itself_before_flushing(
+    start_cluster: StartCluster, checker: DurabilityChecker
+) -> None:
+    nodes = start_cluster(recording_transport(checker, flush=True), CountsItselfUnflushed)
+    run_increments(nodes, per_node=2)
+    live = stop_a_follower(nodes)
+    # Through the leader only: a command forwarded by a follower makes the
+    # leader send an apply_command_response, whose flush would hide the bug.
+    leader = next(n for n in live if n._isLeader())
+    run_increments(live, per_node=20, expect_total=26, through=[leader])
+
+    assert any("not on a majority" in v for v in checker.violations), checker.violations
 
 
 @pytest.mark.timeout(90)

@@ -1,0 +1,183 @@
+"""Fast, clean elections: the fixes in cluster.raft_fixes that short election timeouts need.
+
+* KeepPeerLinksAlive: pysyncobj drops a connection nothing was read on for
+  `connectionTimeout` when it next sends on it. Followers never talk while a
+  leader lives, so without keepalives the first request_vote of the next
+  election is dropped and the vote splits.
+* ReadBeforeElection: a follower whose tick was held up past its election
+  deadline reads the heartbeats waiting in its socket before it calls an
+  election, instead of deposing a healthy leader.
+
+Nodes are ticked by hand (autoTick=False) so every step is deterministic;
+waits are on conditions, the only sleeps let wall time pass a timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from pysyncobj import SyncObj, SyncObjConf, SyncObjException
+
+from cluster.raft_fixes import KeepPeerLinksAlive, ReadBeforeElection
+
+CONNECTION_TIMEOUT = 1.0
+ELECTION_MIN = 0.2
+ELECTION_MAX = 0.3
+
+
+class Plain(SyncObj):  # type: ignore[misc]
+    def __init__(self, self_addr: str, partners: list[str]) -> None:
+        conf = SyncObjConf(
+            bindAddress=self_addr,
+            maxBindRetries=1,
+            autoTick=False,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=0.05,
+            raftMinTimeout=ELECTION_MIN,
+            raftMaxTimeout=ELECTION_MAX,
+            connectionTimeout=CONNECTION_TIMEOUT,
+            connectionRetryTime=0.1,
+            leaderFallbackTimeout=5.0,
+        )
+        super().__init__(self_addr, partners, conf=conf)
+
+
+class WithKeepalive(KeepPeerLinksAlive, Plain):
+    pass
+
+
+class WithReadBeforeElection(ReadBeforeElection, Plain):
+    pass
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tick(nodes: list[Plain], rounds: int = 1) -> None:
+    for _ in range(rounds):
+        for node in nodes:
+            node.doTick(0.002)
+
+
+def tick_until(nodes: list[Plain], condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        tick(nodes)
+
+
+def tick_for(nodes: list[Plain], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        tick(nodes)
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[[type[Plain]], list[Plain]]]:
+    started: list[Plain] = []
+
+    def run(cls: type[Plain]) -> list[Plain]:
+        for _ in range(5):
+            addrs = [f"127.0.0.1:{p}" for p in _free_ports(3)]
+            nodes: list[Plain] = []
+            try:
+                for addr in addrs:
+                    nodes.append(cls(addr, [a for a in addrs if a != addr]))
+                    started.append(nodes[-1])
+            except SyncObjException:
+                continue
+            _wait_for_leader(nodes)
+            return nodes
+        raise RuntimeError("could not bind a 3-node cluster")
+
+    yield run
+    for node in started:
+        node._destroy()
+        node._doDestroy()
+
+
+def _wait_for_leader(nodes: list[Plain]) -> None:
+    tick_until(nodes, lambda: _leader(nodes) is not None, "a leader")
+    tick_until(
+        nodes, lambda: all(n._getLeader() is not None for n in nodes), "every node to know it"
+    )
+
+
+def _leader(nodes: list[Plain]) -> Plain | None:
+    return next((n for n in nodes if n._isLeader()), None)
+
+
+def _other_follower_link(nodes: list[Plain]) -> tuple[Plain, Any]:
+    followers = [n for n in nodes if not n._isLeader()]
+    a, b = followers
+    target = next(node for node in a.otherNodes if node.id == b.selfNode.id)
+    return a, target
+
+
+@pytest.mark.timeout(60)
+def test_keepalives_keep_the_follower_link_usable(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(WithKeepalive)
+    tick_for(nodes, 2 * CONNECTION_TIMEOUT)
+    follower, other = _other_follower_link(nodes)
+    transport = follower._SyncObj__transport
+    assert transport.send(other, {"type": "keepalive"}), "the first vote request would be lost"
+
+
+@pytest.mark.timeout(60)
+def test_without_keepalives_an_idle_follower_link_drops_the_next_message(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(Plain)
+    tick_for(nodes, 2 * CONNECTION_TIMEOUT)
+    follower, other = _other_follower_link(nodes)
+    transport = follower._SyncObj__transport
+    assert not transport.send(other, {"type": "keepalive"})
+
+
+def _stall_one_follower(nodes: list[Plain]) -> tuple[Plain, int]:
+    """Ticks everyone but one follower past its election deadline; returns it and its term."""
+    leader = _leader(nodes)
+    assert leader is not None
+    stalled = next(n for n in nodes if n is not leader)
+    others = [n for n in nodes if n is not stalled]
+    term = stalled.raftCurrentTerm
+    # Past its election deadline, within the leader's connection timeout: the
+    # heartbeats wait in its socket.
+    tick_for(others, (ELECTION_MAX + CONNECTION_TIMEOUT) / 2)
+    return stalled, term
+
+
+@pytest.mark.timeout(60)
+def test_a_stalled_follower_reads_waiting_heartbeats_before_an_election(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(WithReadBeforeElection)
+    stalled, term = _stall_one_follower(nodes)
+    stalled.doTick(0.0)
+    assert stalled.raftCurrentTerm == term
+    assert stalled._getLeader() is not None
+
+
+@pytest.mark.timeout(60)
+def test_without_reading_first_a_stalled_follower_calls_an_election(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(Plain)
+    stalled, term = _stall_one_follower(nodes)
+    stalled.doTick(0.0)
+    assert stalled.raftCurrentTerm == term + 1
