@@ -524,6 +524,16 @@ def _transport_retry(url: str, exc: BaseException, *, sent: bool) -> _Retry:
     return _Retry(err, answered=False, ambiguous=sent)
 
 
+def _certificate_error(url: str, exc: BaseException) -> ConnectionFailed:
+    """A node whose certificate does not verify: a configuration error, not retried."""
+    return ConnectionFailed(
+        f"{url}: the TLS certificate does not verify ({exc}); "
+        "pass ca= (or --ca) with the CA that signed the nodes' certificates",
+        urls=[url],
+        last_error=exc,
+    )
+
+
 def _error_from(resp: _Response) -> RaftMQError:
     code = ""
     message = ""
@@ -815,6 +825,9 @@ class _SyncTransport:
             if not reused:
                 try:
                     conn.connect()
+                except ssl.SSLCertVerificationError as e:
+                    conn.close()
+                    raise _certificate_error(url, e) from e
                 except OSError as e:
                     conn.close()
                     raise _transport_retry(url, e, sent=False) from e
@@ -1164,6 +1177,8 @@ class _AsyncTransport:
                 if try_ == 0:
                     continue  # likely a stale keep-alive connection: redial once
                 raise _transport_retry(url, e, sent=True) from e
+            except aiohttp.ClientConnectorCertificateError as e:
+                raise _certificate_error(url, e) from e
             except aiohttp.ClientConnectorError as e:
                 raise _transport_retry(url, e, sent=False) from e
             except (aiohttp.ClientError, TimeoutError, OSError) as e:

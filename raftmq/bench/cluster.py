@@ -55,13 +55,14 @@ def sys_busy() -> float:
 
 
 def proc_memory_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` and ``VmHWM`` (peak RSS) of ``pid`` in KiB; empty if it is gone."""
+    """``VmRSS``, ``VmHWM`` (peak RSS), ``RssAnon`` (heap) and ``RssFile`` (mapped files,
+    LMDB's memory map) of ``pid`` in KiB; empty if it is gone."""
     out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
                     out[key] = int(value.split()[0])
     except (OSError, ValueError, IndexError):
         return {}

@@ -503,19 +503,25 @@ async def _bounded(coros: list[Coroutine[Any, Any, None]], limit: int) -> None:
 
 
 class _RssSampler:
-    """Polls VmRSS of the node processes; keeps each node's maximum."""
+    """Polls VmRSS of the node processes; keeps each node's maximum, and the largest
+    anonymous (heap) and file-backed (LMDB map, page cache) parts of it."""
 
     def __init__(self, pids: Callable[[], list[int]], period: float = 0.5) -> None:
         self._pids = pids
         self._period = period
         self.max_kib: dict[int, int] = {}
+        self.max_anon_kib = 0
+        self.max_file_kib = 0
         self.max_total_kib = 0
         self._task: asyncio.Task[None] | None = None
 
     def sample(self) -> None:
         total = 0
         for pid in self._pids():
-            rss = proc_memory_kib(pid).get("VmRSS", 0)
+            memory = proc_memory_kib(pid)
+            rss = memory.get("VmRSS", 0)
+            self.max_anon_kib = max(self.max_anon_kib, memory.get("RssAnon", 0))
+            self.max_file_kib = max(self.max_file_kib, memory.get("RssFile", 0))
             total += rss
             self.max_kib[pid] = max(self.max_kib.get(pid, 0), rss)
         self.max_total_kib = max(self.max_total_kib, total)
@@ -595,6 +601,8 @@ async def backlog(peer: RaftMQ, p: Params, progress: Progress | None = None) -> 
         "depth_after": depth,
         "rss_max_kib": {f"pid{pid}": kib for pid, kib in sampler.max_kib.items()} or None,
         "rss_max_node_kib": max(sampler.max_kib.values()) if sampler.max_kib else None,
+        "rss_anon_max_node_kib": sampler.max_anon_kib or None,
+        "rss_file_max_node_kib": sampler.max_file_kib or None,
         "rss_max_total_kib": sampler.max_total_kib or None,
         "client_cpu_s": time.process_time() - c0,
         "broker_cpu_s": proc_cpu(pids) - s0,
