@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,9 @@ AppliedListener = Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]
 
 # Exit status of a node that met a storage failure it cannot apply around.
 EXIT_STORAGE_FAILURE = 70
+# How often a node that applies entries unmaps the LMDB pages it has read, so its
+# RSS does not grow with the database (storage/mapped.py).
+MAP_RELEASE_PERIOD_S = 2.0
 
 
 def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> Any:
@@ -82,6 +86,7 @@ class ReplicatedBroker(
         self._holder = holder
         self._on_applied = on_applied
         self.leader_changes = 0
+        self._map_release_due = 0.0
         codec = SnapshotCodec(holder, os.path.join(settings.data_dir, "tmp"))
         self.codec = codec
         # Called from the tick thread only, once pysyncobj has created its journal.
@@ -121,6 +126,10 @@ class ReplicatedBroker(
             # No lock: applies, snapshots and the store swap all run on this
             # (tick) thread; the lock only keeps HTTP readers off a swap.
             results = self._holder.store.apply(index, commands)
+            now = time.monotonic()
+            if now >= self._map_release_due:
+                self._map_release_due = now + MAP_RELEASE_PERIOD_S
+                self._holder.store.release_mapped_pages()
         except Exception:
             logger.critical("cannot apply entry %d; stopping the node", index, exc_info=True)
             logging.shutdown()

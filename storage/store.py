@@ -18,6 +18,7 @@ import lmdb
 from storage import keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
+from storage.mapped import release_mapped_pages
 from storage.mutation import Dbs, Mutation
 
 T = TypeVar("T")
@@ -123,6 +124,14 @@ class Store:
 
     def sync(self) -> None:
         self._env.sync(True)
+
+    def release_mapped_pages(self) -> None:
+        """Stop counting the database's pages this process has read in its RSS.
+
+        They stay in the page cache; see storage/mapped.py. Call it between
+        write transactions (readers may run at the same time).
+        """
+        release_mapped_pages(os.path.join(self._path, "data.mdb"))
 
     def copy_to(self, path: str) -> None:
         """Write a compacted, consistent copy of the environment into directory `path`."""
