@@ -401,7 +401,7 @@ async def delete_member(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
-    from node import routes_pubsub, routes_users  # they import this module's helpers
+    from node import routes_channel, routes_pubsub, routes_users  # they import these helpers
 
     return [
         web.get("/", dashboard),
@@ -422,6 +422,7 @@ def routes() -> list[web.RouteDef]:
         web.post("/v1/queues/{queue}/nack", nack),
         *routes_pubsub.routes(),
         *routes_users.routes(),
+        *routes_channel.routes(),
     ]
 
 

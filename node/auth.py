@@ -11,12 +11,15 @@ Permissions (regexes over whole names, see storage/users.py):
   write      publish to a queue or an exchange, append to a stream
   read       receive, ack, nack, get a queue; get an exchange; read a stream,
              get and commit a consumer-group offset
-  any user   list queues, exchanges and streams (names and counters), cluster status
+  any user   list queues, exchanges and streams (names and counters), cluster status,
+             open the WebSocket channel (each of its frames is then checked as the
+             HTTP route it stands for, see `authorize`)
   admin      membership, backup, users; admins pass every check
   open       /healthz, /readyz, the OpenAPI document, the dashboard page (its
              API calls carry a token), /metrics unless --metrics-auth
 """
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -59,6 +62,7 @@ def rules(metrics_auth: bool) -> dict[tuple[str, str], Rule]:
         ("GET", OPENAPI_PATH): Rule(OPEN),
         ("GET", "/metrics"): Rule(AUTHENTICATED if metrics_auth else OPEN),
         ("GET", "/v1/cluster"): Rule(AUTHENTICATED),
+        ("GET", "/v1/channel"): Rule(AUTHENTICATED),
         ("POST", "/v1/cluster/members"): Rule(ADMIN),
         ("DELETE", "/v1/cluster/members/{member}"): Rule(ADMIN),
         ("GET", "/v1/backup"): Rule(ADMIN),
@@ -141,6 +145,7 @@ AuthLookup = Callable[[Callable[[Any, Any], Any]], Any]
 
 # GET routes that only the leader serves (the others read this node's store).
 _LEADER_READS: Final = {
+    "/v1/channel",
     "/v1/streams/{stream}/records",
     "/v1/streams/{stream}/groups/{group}",
 }
@@ -167,16 +172,44 @@ def middleware(read_store: AuthLookup, metrics_auth: bool, is_leader: Callable[[
         leader_bound = method != "GET" or resource.canonical in _LEADER_READS
         if rule.level == OPEN or (leader_bound and not is_leader()):
             return await handler(request)
-        if not read_store(users.any_user):
+        found = _caller(request, read_store)
+        if found is None:
             return await handler(request)
-        digest = bytes.fromhex(token_sha256(_bearer(request)))
-        found = read_store(users.by_token_hash(digest))
-        # The index lookup is by hash; compare again in constant time for good measure.
-        if found is None or not hmac.compare_digest(found[1]["token_sha256"], digest.hex()):
-            raise unauthorized("the token is not valid")
         user, record = found
         request[USER] = user
         check(rule, record, dict(request.match_info), user)
         return await handler(request)
 
     return auth_middleware
+
+
+def _caller(request: web.Request, read_store: AuthLookup) -> tuple[str, dict[str, Any]] | None:
+    """The user the request's bearer token names; None while authentication is off."""
+    if not read_store(users.any_user):
+        return None
+    digest = bytes.fromhex(token_sha256(_bearer(request)))
+    found = read_store(users.by_token_hash(digest))
+    # The index lookup is by hash; compare again in constant time for good measure.
+    if found is None or not hmac.compare_digest(found[1]["token_sha256"], digest.hex()):
+        raise unauthorized("the token is not valid")
+    user, record = found
+    return str(user), dict(record)
+
+
+@functools.cache
+def _route_rules() -> dict[tuple[str, str], Rule]:
+    return rules(metrics_auth=False)
+
+
+def authorize(
+    request: web.Request, read_store: AuthLookup, route: tuple[str, str], match_info: dict[str, str]
+) -> None:
+    """Check one action of a long-lived connection as the HTTP `route` would be checked.
+
+    Used for every frame of the WebSocket channel: the user and permissions are
+    read afresh from the (upgrade) request's token each time, so a revoke or a
+    deleted user takes effect on open channels. Raises 401/403 `ApiError`s.
+    """
+    found = _caller(request, read_store)
+    if found is not None:
+        check(_route_rules().get(route, _ADMIN_ONLY), found[1], match_info, found[0])

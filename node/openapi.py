@@ -1072,6 +1072,45 @@ def _stream_paths(limits: Limits) -> dict[str, Schema]:
     }
 
 
+def _channel_paths(limits: Limits) -> dict[str, Schema]:
+    protocol = (
+        "Upgrades to a WebSocket (any authenticated user; a follower answers 307 to the "
+        "leader before upgrading). Frames are JSON text objects, at most "
+        f"{limits.max_body_bytes} bytes. Client to server: "
+        '`{"op": "publish", "seq", "queue", "messages": [as a queue publish]}` answers '
+        '`{"op": "confirm", "seq", "ids"}`; '
+        '`{"op": "subscribe", "sub", "queue", "prefetch": 1-'
+        f"{limits.max_receive}"
+        ', "visibility_timeout"?}` answers `{"op": "subscribed", "sub"}`, then the node '
+        'pushes `{"op": "deliver", "sub", "messages": [as a receive]}` while the '
+        "subscription has credit (prefetch minus deliveries not yet acked, nacked or "
+        'expired); `{"op": "ack", "seq", "queue", "receipts"}` answers '
+        '`{"op": "acked", "seq", "acked", "stale"}`; `{"op": "nack", "seq", "queue", '
+        '"receipts", "delay"?}` answers `{"op": "nacked", "seq", "requeued", "stale"}`; '
+        '`{"op": "cancel", "sub"}` answers `{"op": "cancelled", "sub"}`. A frame that '
+        'fails answers `{"op": "error", "seq" or "sub", "status", "error": {"code", '
+        '"message"}}` with the HTTP API\'s status and code, and the channel stays open. '
+        "Each frame needs the permission of its HTTP twin (write to publish, read to "
+        "subscribe, ack, nack). When the node stops leading, or stops, it closes the "
+        "channel with reason `not_leader` (code 4001, or 1001 when stopping): reconnect."
+    )
+    return {
+        "/v1/channel": {
+            "get": _operation(
+                "channel",
+                "channel",
+                "A persistent WebSocket channel: publish with confirms, push consume with acks.",
+                {
+                    "101": {"description": "Switching Protocols: the channel is open."},
+                    "400": _error_ref("BadRequest"),
+                },
+                leader=True,
+            )
+            | {"description": protocol}
+        }
+    }
+
+
 def build_openapi(limits: Limits) -> dict[str, Any]:
     """The whole document; bounds come from `limits`."""
     from node import openapi_users  # it imports this module's helpers
@@ -1081,6 +1120,7 @@ def build_openapi(limits: Limits) -> dict[str, Any]:
         **_exchange_paths(),
         **_stream_paths(limits),
         **_cluster_paths(),
+        **_channel_paths(limits),
         **openapi_users.paths(),
     }
     document = {
@@ -1099,6 +1139,7 @@ def build_openapi(limits: Limits) -> dict[str, Any]:
             {"name": "exchanges"},
             {"name": "streams"},
             {"name": "cluster"},
+            {"name": "channel"},
             {"name": "operations"},
             {"name": "users"},
         ],

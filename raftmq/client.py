@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -68,6 +68,9 @@ from raftmq.pubsub import (
     decode_batch,
     decode_body,
 )
+
+if TYPE_CHECKING:
+    from raftmq.channel import Channel
 
 __all__ = [
     "AckResult",
@@ -1351,6 +1354,15 @@ class AsyncClient(_Base):
     async def health(self, url: str | None = None) -> JSONDict:
         """Liveness of one node (default: the first URL), asked once without failover."""
         return await self._run(_op_health(), url or self._urls[0])
+
+    def channel(self, *, linger_ms: float = DEFAULT_LINGER_MS, max_in_flight: int = 16) -> Channel:
+        """A persistent WebSocket channel to the leader (``async with client.channel() as ch``).
+
+        Confirmed publishes and push consumers with a credit window; see :mod:`raftmq.channel`.
+        """
+        from raftmq.channel import Channel
+
+        return Channel(self, linger_ms=linger_ms, max_in_flight=max_in_flight)
 
     # -- exchanges (publish/subscribe) and streams
 

@@ -12,6 +12,10 @@ What each method means for raftmq (the HTTP API):
   every ack so far has been committed.
 * ``depth`` is the queue's ``total`` (ready + leased + delayed).
 * ``leader`` is the 1-based index of the Raft leader (it leads every queue).
+
+With ``transport="ws"`` publishes and the consumer go through one WebSocket channel
+(``AsyncClient.channel()``, ``raftmq.channel``) instead: publish frames with confirms,
+and a push subscription with ``prefetch`` as its credit window; acks stay tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from raftmq.bench.cluster import BenchCluster
+from raftmq.channel import Channel
 from raftmq.client import AsyncClient, ReceivedMessage
 from raftmq.errors import QueueNotFound, RaftMQError
 
@@ -66,6 +71,7 @@ class RaftMQ:
         timeout: float = 10.0,
         retry_deadline: float = 30.0,
         receivers: int = 1,
+        transport: str = "http",
     ) -> None:
         self.urls = list(urls)
         self.cluster = cluster
@@ -74,6 +80,8 @@ class RaftMQ:
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         self.receivers = receivers
+        self.transport = transport
+        self.channel: Channel | None = None
         self.client: AsyncClient | None = None
         self.node: int | None = None
         self._acks: set[asyncio.Task[object]] = set()
@@ -102,6 +110,9 @@ class RaftMQ:
             retry_deadline=self.retry_deadline,
             linger_ms=self.linger_ms,
         )
+        if self.transport == "ws":
+            self.channel = self.client.channel(linger_ms=self.linger_ms)
+            await self.channel.open()
         self.node = order[0]
         return order[0]
 
@@ -115,7 +126,10 @@ class RaftMQ:
     async def publish(
         self, data: bytes, msg_id: str | None = None, queue: str | None = None
     ) -> None:
-        await self.mq.publish(queue or self.q, data, id=msg_id)
+        if self.channel is not None:
+            await self.channel.publish(queue or self.q, data, id=msg_id)
+        else:
+            await self.mq.publish(queue or self.q, data, id=msg_id)
 
     async def consume(self, prefetch: int) -> AsyncGenerator[tuple[bytes, Ack], None]:
         """Yields (body, ack) of leased messages, at most ``prefetch`` leased per round.
@@ -124,6 +138,12 @@ class RaftMQ:
         messages, so a message published while one lease is being committed is
         picked up by the next poll rather than after that round trip.
         """
+        if self.channel is not None:
+            async for pushed in self.channel.consume(self.q, prefetch):
+                self.received += 1
+                raw = pushed.body
+                yield raw if isinstance(raw, bytes) else raw.encode(), self._acker(pushed.receipt)
+            return
         k = max(1, min(self.receivers, prefetch))
         per = prefetch // k
         polls: set[asyncio.Task[list[ReceivedMessage]]] = set()
@@ -156,7 +176,8 @@ class RaftMQ:
 
     def _acker(self, receipt: str) -> Ack:
         async def ack() -> None:
-            task: asyncio.Task[object] = asyncio.ensure_future(self.mq.ack(self.q, receipt))
+            call = self.mq.ack if self.channel is None else self.channel.ack
+            task: asyncio.Task[object] = asyncio.ensure_future(call(self.q, [receipt]))
             self._acks.add(task)
             task.add_done_callback(self._ack_done)
 
@@ -175,7 +196,7 @@ class RaftMQ:
 
     def requests(self) -> dict[str, int]:
         """How many publish/ack requests the client's coalescing sent (for batch sizes)."""
-        batcher = getattr(self.client, "_batcher", None)
+        batcher = getattr(self.channel or self.client, "_batcher", None)
         if batcher is None:
             return {}
         return {
@@ -206,6 +227,12 @@ class RaftMQ:
                 log.warning("%d acks still pending at close", len(self._acks))
                 for task in list(self._acks):
                     task.cancel()
+            if self.channel is not None:
+                try:
+                    await asyncio.wait_for(self.channel.close(), 10)
+                except TimeoutError:
+                    log.warning("channel close timed out")
+                self.channel = None
             try:
                 await asyncio.wait_for(self.client.close(), 10)
             except TimeoutError:

@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=Params.loop,
         help="event loop of the benchmark's clients (default %(default)s, as bench.py)",
     )
+    g.add_argument(
+        "--transport",
+        choices=["http", "ws"],
+        default=Params.transport,
+        help="HTTP requests, or one WebSocket channel per client (default %(default)s)",
+    )
 
     g = p.add_argument_group("workload parameters (bench.py's names and defaults)")
     g.add_argument(
@@ -219,7 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def params_from(args: argparse.Namespace) -> Params:
     """Defaults, scaled by --scale, then any explicit value."""
-    p = Params(linger_ms=args.linger_ms, receivers=args.receivers, loop=args.loop)
+    p = Params(
+        linger_ms=args.linger_ms,
+        receivers=args.receivers,
+        loop=args.loop,
+        transport=args.transport,
+    )
     s = args.scale
     if s != 1.0:
         p.n = max(10, round(p.n * s))
@@ -344,7 +355,11 @@ class Runner:
 
     def peer(self) -> RaftMQ:
         return RaftMQ(
-            self.urls, self.cluster, linger_ms=self.p.linger_ms, receivers=self.p.receivers
+            self.urls,
+            self.cluster,
+            linger_ms=self.p.linger_ms,
+            receivers=self.p.receivers,
+            transport=self.p.transport,
         )
 
     async def run(self) -> Result:
@@ -670,10 +685,15 @@ def _consumer_main(argv: list[str]) -> int:
     p.add_argument("--linger-ms", type=float, default=Params.linger_ms)
     p.add_argument("--receivers", type=int, default=Params.receivers)
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    p.add_argument("--transport", choices=["http", "ws"], default="http")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     peer = RaftMQ(
-        args.url.split(","), queue=args.queue, linger_ms=args.linger_ms, receivers=args.receivers
+        args.url.split(","),
+        queue=args.queue,
+        linger_ms=args.linger_ms,
+        receivers=args.receivers,
+        transport=args.transport,
     )
     _run_loop(w3_consumer(peer, args.n, args.prefetch, args.idle), args.loop)
     return 0

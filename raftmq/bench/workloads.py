@@ -74,6 +74,7 @@ class Params:
     linger_ms: float = 1.0
     receivers: int = 1
     loop: str = "asyncio"
+    transport: str = "http"  # or "ws": the WebSocket channel
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,6 +311,8 @@ async def w3(peer: RaftMQ, p: Params, progress: Progress | None = None) -> Resul
         str(p.receivers),
         "--loop",
         p.loop,
+        "--transport",
+        p.transport,
     ]
     cons = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE)
     try:

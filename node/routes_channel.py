@@ -1,0 +1,366 @@
+"""`GET /v1/channel`: a persistent WebSocket channel for publishing and push consuming.
+
+Frames are JSON text. Client -> server:
+
+  {"op": "publish", "seq", "queue", "messages": [...]} -> {"op": "confirm", "seq", "ids"}
+  {"op": "subscribe", "sub", "queue", "prefetch", "visibility_timeout"?}
+      -> {"op": "subscribed", "sub"}, then while credit {"op": "deliver", "sub", "messages"}
+  {"op": "ack", "seq", "queue", "receipts"} -> {"op": "acked", "seq", "acked", "stale"}
+  {"op": "nack", "seq", "queue", "receipts", "delay"?}
+      -> {"op": "nacked", "seq", "requeued", "stale"}
+  {"op": "cancel", "sub"} -> {"op": "cancelled", "sub"}
+
+A frame that fails answers {"op": "error", "seq" (or "sub"), "status", "error": {"code",
+"message"}} with the HTTP API's status and code; the channel stays open. Every
+frame is validated by node/validation.py, checked by node/auth.py as its HTTP
+twin, and proposed through `propose_as_leader` (the Proposer's group commit),
+one task per frame so concurrent frames share Raft entries.
+
+A subscription's credit is `prefetch` minus its deliveries not yet acked,
+nacked or expired (lease time on this node's clock). Its pump leases at most
+the credit with a `receive` command and waits on the queue waiters when the
+queue is empty. When this node stops leading, or stops, every channel is
+closed with reason "not_leader"; the client reconnects to the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from cluster.errors import ClusterError, NotLeader
+from node import auth
+from node.app import CONFIG, RAFT, STOP, WAITERS, _deliverable, _ok_or_raise, now_ms
+from node.errors import ApiError, bad_request, from_cluster_error, from_result
+from node.validation import (
+    check_name,
+    publish_command,
+    receipts_command,
+    receive_command,
+    receive_params,
+    reject_unknown,
+)
+
+logger = logging.getLogger(__name__)
+
+PATH: Final = "/v1/channel"
+HEARTBEAT_S: Final = 15.0
+# How often a channel checks that this node still leads.
+LEADER_CHECK_S: Final = 0.1
+# Frames of one channel being handled at once; then the channel stops reading.
+MAX_FRAMES_IN_FLIGHT: Final = 64
+# Close codes (the reason is what the client keys on).
+CLOSE_NOT_LEADER: Final = 4001
+NOT_LEADER: Final = b"not_leader"
+# Wait between tries after an error a later try may not have (unknown_outcome...).
+_PUMP_RETRY_S: Final = 0.1
+
+_ROUTES: Final = {
+    "publish": ("POST", "/v1/queues/{queue}/messages"),
+    "subscribe": ("POST", "/v1/queues/{queue}/receive"),
+    "ack": ("POST", "/v1/queues/{queue}/ack"),
+    "nack": ("POST", "/v1/queues/{queue}/nack"),
+}
+
+
+def _dumps(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+def _error_frame(error: ApiError, key: str, value: Any) -> dict[str, Any]:
+    return {"op": "error", key: value, "status": error.status, **error.body()}
+
+
+@dataclass
+class _Sub:
+    name: str
+    queue: str
+    prefetch: int
+    lease_ms: int | None
+    # receipt -> loop time its lease ends (as this node reckons it)
+    leased: dict[str, float] = field(default_factory=dict)
+    freed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def credit(self, now: float) -> int:
+        for receipt in [r for r, end in self.leased.items() if end <= now]:
+            del self.leased[receipt]
+        return self.prefetch - len(self.leased)
+
+    def next_expiry(self) -> float | None:
+        return min(self.leased.values(), default=None)
+
+    def release(self, receipts: list[str]) -> None:
+        freed = False
+        for receipt in receipts:
+            freed |= self.leased.pop(receipt, None) is not None
+        if freed:
+            self.freed.set()
+
+
+class _Channel:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        self.request = request
+        self.ws = ws
+        self.raft = request.app[RAFT]
+        self.limits = request.app[CONFIG].limits
+        self.waiters = request.app[WAITERS]
+        self.stop = request.app[STOP]
+        self.subs: dict[str, _Sub] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(MAX_FRAMES_IN_FLIGHT)
+        raft = self.raft
+        self.read_store = lambda fn: raft.read(lambda store: store.view(fn))
+        self.closing: bytes | None = None
+
+    # -- plumbing
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if self.ws.closed:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_str(_dumps(frame))
+
+    def spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def close(self, code: int, reason: bytes) -> None:
+        if self.closing is None:
+            self.closing = reason
+            logger.info("closing channel: %s", reason.decode())
+            await self.ws.close(code=code, message=reason)
+
+    async def watch_leadership(self) -> None:
+        while not self.ws.closed:
+            await asyncio.sleep(LEADER_CHECK_S)
+            if self.stop.is_set():
+                await self.close(WSCloseCode.GOING_AWAY, NOT_LEADER)
+            elif not self.raft.is_leader():
+                await self.close(CLOSE_NOT_LEADER, NOT_LEADER)
+
+    async def run(self) -> None:
+        self.spawn(self.watch_leadership())
+        try:
+            async for msg in self.ws:
+                if msg.type is WSMsgType.TEXT:
+                    await self.slots.acquire()
+                    self.spawn(self.frame(msg.data))
+                elif msg.type is WSMsgType.BINARY:
+                    error = bad_request("frames are JSON text", "invalid_json")
+                    await self.send(_error_frame(error, "seq", None))
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+            if self.tasks:
+                await asyncio.wait(set(self.tasks))
+
+    # -- frames
+
+    async def frame(self, raw: str) -> None:
+        key, value = "seq", None
+        try:
+            try:
+                frame = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise bad_request("the frame is not valid JSON", "invalid_json") from None
+            if not isinstance(frame, dict):
+                raise bad_request("a frame must be a JSON object")
+            op = frame.get("op")
+            if op in ("subscribe", "cancel"):
+                key = "sub"
+            value = frame.get(key)
+            if len(raw) > self.limits.max_body_bytes:
+                raise ApiError(
+                    413, "body_too_large", f"a frame is over {self.limits.max_body_bytes} bytes"
+                )
+            if op == "publish":
+                await self.publish(frame)
+            elif op in ("ack", "nack"):
+                await self.receipts(str(op), frame)
+            elif op == "subscribe":
+                await self.subscribe(frame)
+            elif op == "cancel":
+                await self.cancel(frame)
+            else:
+                raise bad_request(f"unknown op {str(op)[:40]!r}")
+        except ApiError as exc:
+            await self.send(_error_frame(exc, key, value))
+        except NotLeader:
+            await self.close(CLOSE_NOT_LEADER, NOT_LEADER)
+        except ClusterError as exc:
+            await self.send(_error_frame(from_cluster_error(exc), key, value))
+        except Exception:
+            logger.exception("channel frame failed")
+            error = ApiError(500, "internal", "internal error; see the node log")
+            await self.send(_error_frame(error, key, value))
+        finally:
+            self.slots.release()
+
+    def queue_of(self, frame: dict[str, Any], op: str) -> str:
+        queue = frame.get("queue")
+        if not isinstance(queue, str):
+            raise bad_request("queue must be a queue name", "invalid_name")
+        check_name(queue)
+        auth.authorize(self.request, self.read_store, _ROUTES[op], {"queue": queue})
+        return queue
+
+    async def publish(self, frame: dict[str, Any]) -> None:
+        reject_unknown(frame, {"op", "seq", "queue", "messages"})
+        queue = self.queue_of(frame, "publish")
+        body = {"messages": frame.get("messages")}
+        command = publish_command(queue, body, self.limits, now_ms())
+        result = _ok_or_raise(await self.raft.propose_as_leader(command), queue)
+        await self.send({"op": "confirm", "seq": frame.get("seq"), "ids": result["ids"]})
+
+    async def receipts(self, op: str, frame: dict[str, Any]) -> None:
+        reject_unknown(frame, {"op", "seq", "queue", "receipts", "delay"})
+        queue = self.queue_of(frame, op)
+        body = {k: v for k, v in frame.items() if k in ("receipts", "delay")}
+        command = receipts_command(op, queue, body, self.limits, now_ms())
+        result = _ok_or_raise(await self.raft.propose_as_leader(command), queue)
+        for sub in self.subs.values():
+            if sub.queue == queue:
+                sub.release(command["receipts"])
+        count = "acked" if op == "ack" else "requeued"
+        await self.send(
+            {
+                "op": "acked" if op == "ack" else "nacked",
+                "seq": frame.get("seq"),
+                count: result[count],
+                "stale": result["stale"],
+            }
+        )
+
+    async def subscribe(self, frame: dict[str, Any]) -> None:
+        reject_unknown(frame, {"op", "sub", "queue", "prefetch", "visibility_timeout"})
+        name = frame.get("sub")
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise bad_request("sub must be a string of 1-200 characters")
+        if name in self.subs:
+            raise bad_request(f"subscription {name[:60]!r} exists on this channel")
+        queue = self.queue_of(frame, "subscribe")
+        self.raft.require_leader()
+        # prefetch is validated as a receive's max (1..max_receive).
+        params = {k: frame.get(k) for k in ("visibility_timeout",)}
+        params["max"] = frame.get("prefetch")
+        if params["max"] is None:
+            raise bad_request(f"prefetch must be between 1 and {self.limits.max_receive}")
+        try:
+            prefetch, _, lease_ms = receive_params(params, self.limits)
+        except ApiError as exc:  # say which field the frame named
+            raise bad_request(exc.message.replace("max ", "prefetch ", 1)) from None
+        if self.raft.read(lambda store: store.get_queue(queue, now_ms())) is None:
+            raise from_result({"status": "not_found"}, queue)
+        sub = self.subs[name] = _Sub(name, queue, prefetch, lease_ms)
+        await self.send({"op": "subscribed", "sub": name})
+        sub.task = self.spawn(self.pump(sub))
+
+    async def cancel(self, frame: dict[str, Any]) -> None:
+        reject_unknown(frame, {"op", "sub"})
+        sub = self.subs.pop(str(frame.get("sub")), None)
+        if sub is None:
+            raise bad_request(f"no subscription {str(frame.get('sub'))[:60]!r} on this channel")
+        if sub.task is not None:
+            sub.task.cancel()
+        await self.send({"op": "cancelled", "sub": sub.name})
+
+    # -- push consumer
+
+    async def pump(self, sub: _Sub) -> None:
+        """Lease up to the credit, deliver, repeat; wait for credit or messages between."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self.subs.get(sub.name) is sub:
+                credit = sub.credit(loop.time())
+                if credit <= 0:
+                    sub.freed.clear()
+                    expiry = sub.next_expiry()
+                    timeout = 1.0 if expiry is None else max(0.001, expiry - loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sub.freed.wait(), min(timeout, 1.0))
+                    continue
+                try:
+                    await self.lease(sub, credit)
+                except NotLeader:
+                    raise
+                except ClusterError as exc:  # no leader for a moment, overloaded...
+                    logger.debug("channel subscription on %s: %s", sub.queue, exc)
+                    await asyncio.sleep(_PUMP_RETRY_S)
+        except ApiError as exc:
+            self.subs.pop(sub.name, None)
+            await self.send(_error_frame(exc, "sub", sub.name))
+        except NotLeader:
+            await self.close(CLOSE_NOT_LEADER, NOT_LEADER)
+        except Exception:
+            logger.exception("channel subscription on %s failed", sub.queue)
+            self.subs.pop(sub.name, None)
+            error = ApiError(500, "internal", "internal error; see the node log")
+            await self.send(_error_frame(error, "sub", sub.name))
+
+    async def lease(self, sub: _Sub, credit: int) -> None:
+        """One round: lease and deliver, or wait until the queue may have something."""
+        loop = asyncio.get_running_loop()
+        event = self.waiters.event(sub.queue)
+        now = now_ms()
+        info = self.raft.read(functools.partial(_deliverable, queue=sub.queue, now=now))
+        if info is None:
+            raise from_result({"status": "not_found"}, sub.queue)
+        deliverable, visibility_ms, next_due = info
+        if deliverable:
+            lease_ms = sub.lease_ms or visibility_ms
+            command = receive_command(sub.queue, credit, lease_ms, now)
+            # On a ClusterError the lease may or may not have happened: its messages
+            # come back on expiry (the pump retries).
+            result = await self.raft.propose_as_leader(command)
+            messages = _ok_or_raise(result, sub.queue)["messages"]
+            if messages:
+                # Counted from before the proposal: the lease ends no later than this.
+                end = loop.time() + lease_ms / 1000 - max(0, now_ms() - now) / 1000
+                for message in messages:
+                    sub.leased[message["receipt"]] = end
+                await self.send({"op": "deliver", "sub": sub.name, "messages": messages})
+                return
+        timeout = 1.0
+        if next_due is not None:
+            timeout = min(timeout, max(0.001, (next_due - now) / 1000))
+        if self.waiters.full:
+            await asyncio.sleep(timeout)
+        else:
+            await self.waiters.wait(event, timeout)
+        self.raft.require_leader()
+
+
+async def channel(request: web.Request) -> web.StreamResponse:
+    request.app[RAFT].require_leader()  # a follower answers 307 to the leader, before upgrading
+    limits = request.app[CONFIG].limits
+    # Frames up to twice the body limit are read and answered 413 body_too_large
+    # (a frame's characters may be up to 4 bytes each); larger ones close the
+    # channel with 1009, which the client turns into an error for its largest frame.
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_S, max_msg_size=2 * limits.max_body_bytes, compress=False
+    )
+    if not ws.can_prepare(request).ok:
+        raise bad_request(f"GET {PATH} expects a WebSocket upgrade")
+    await ws.prepare(request)
+    session = _Channel(request, ws)
+    logger.debug("channel opened by %s", request.remote)
+    try:
+        await session.run()
+    finally:
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get(PATH, channel)]

@@ -1,0 +1,295 @@
+"""The WebSocket channel (node/routes_channel.py, raftmq/channel.py) against a FakeRaft app."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestClient, TestServer
+
+from cluster.settings import RaftSettings
+from node.app import make_app
+from node.config import Limits, NodeConfig
+from raftmq.client import AsyncClient
+from raftmq.errors import BadRequest, QueueNotFound
+from tests.unit.test_node_app import FakeRaft
+
+Client = TestClient[Any, Any]
+WS = aiohttp.ClientWebSocketResponse
+# A guard against hanging forever, never what a test asserts.
+GUARD_S = 10.0
+
+
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
+    raft = FakeRaft(tmp_path / "store")
+    yield raft
+    raft.store.close()
+
+
+@pytest.fixture
+async def client(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[Client]:
+    config = NodeConfig(
+        node_id="n1",
+        http_host="127.0.0.1",
+        http_port=0,
+        advertise_http="http://127.0.0.1:1",
+        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
+        limits=Limits(max_message_bytes=100, max_receive=50, max_body_bytes=4096),
+    )
+    async with TestClient(TestServer(make_app(fake, config))) as test_client:
+        yield test_client
+
+
+async def _recv(ws: WS) -> dict[str, Any]:
+    msg = await asyncio.wait_for(ws.receive(), GUARD_S)
+    assert msg.type is WSMsgType.TEXT, msg
+    frame: dict[str, Any] = msg.json()
+    return frame
+
+
+async def _declare(client: Client, queue: str = "jobs", **config: Any) -> None:
+    assert (await client.put(f"/v1/queues/{queue}", json=config)).status == 201
+
+
+async def _queue(client: Client, queue: str = "jobs") -> dict[str, Any]:
+    info: dict[str, Any] = await (await client.get(f"/v1/queues/{queue}")).json()
+    return info
+
+
+async def test_publish_is_confirmed_and_a_resent_id_is_not_enqueued_twice(client: Client) -> None:
+    await _declare(client)
+    ws = await client.ws_connect("/v1/channel")
+    frame = {"op": "publish", "seq": 7, "queue": "jobs", "messages": [{"body": "a", "id": "m1"}]}
+    await ws.send_json(frame)
+    assert await _recv(ws) == {"op": "confirm", "seq": 7, "ids": ["m1"]}
+    await ws.send_json({**frame, "seq": 8, "messages": [{"body": "a", "id": "m1"}, {"body": "b"}]})
+    reply = await _recv(ws)
+    assert reply["op"] == "confirm" and reply["seq"] == 8 and reply["ids"][0] == "m1"
+    assert (await _queue(client))["total"] == 2
+    await ws.close()
+
+
+async def test_bad_frames_answer_errors_and_the_channel_stays_open(client: Client) -> None:
+    await _declare(client)
+    ws = await client.ws_connect("/v1/channel")
+
+    async def error_of(frame: Any, raw: str | None = None) -> dict[str, Any]:
+        await (ws.send_str(raw) if raw is not None else ws.send_json(frame))
+        reply = await _recv(ws)
+        assert reply["op"] == "error", reply
+        return reply
+
+    bad_json = await error_of(None, "{not json")
+    assert bad_json["error"]["code"] == "invalid_json" and bad_json["status"] == 400
+    unknown = await error_of({"op": "frobnicate", "seq": 1})
+    assert (unknown["seq"], unknown["error"]["code"]) == (1, "invalid_request")
+    missing = await error_of(
+        {"op": "publish", "seq": 2, "queue": "nope", "messages": [{"body": "x"}]}
+    )
+    assert (missing["seq"], missing["status"], missing["error"]["code"]) == (
+        2,
+        404,
+        "queue_not_found",
+    )
+    large = await error_of(
+        {"op": "publish", "seq": 3, "queue": "jobs", "messages": [{"body": "x" * 101}]}
+    )
+    assert (large["seq"], large["status"], large["error"]["code"]) == (3, 413, "message_too_large")
+    bad_name = await error_of({"op": "ack", "seq": 4, "queue": "a b", "receipts": ["r"]})
+    assert bad_name["error"]["code"] == "invalid_name"
+    no_sub = await error_of({"op": "subscribe", "sub": "s", "queue": "nope", "prefetch": 1})
+    assert (no_sub["sub"], no_sub["error"]["code"]) == ("s", "queue_not_found")
+    too_many = await error_of({"op": "subscribe", "sub": "s", "queue": "jobs", "prefetch": 51})
+    assert too_many["error"]["code"] == "invalid_request"
+    await ws.send_json({"op": "publish", "seq": 5, "queue": "jobs", "messages": [{"body": "x"}]})
+    assert (await _recv(ws))["op"] == "confirm"
+    assert (await _queue(client))["total"] == 1
+    await ws.close()
+
+
+async def _publish(client: Client, count: int, queue: str = "jobs") -> None:
+    messages = [{"body": f"m{i}"} for i in range(count)]
+    resp = await client.post(f"/v1/queues/{queue}/messages", json={"messages": messages})
+    assert resp.status == 200
+
+
+async def test_credit_window_is_never_exceeded_and_acks_refill_it(client: Client) -> None:
+    await _declare(client)
+    await _publish(client, 20)
+    ws = await client.ws_connect("/v1/channel")
+    await ws.send_json({"op": "subscribe", "sub": "s1", "queue": "jobs", "prefetch": 3})
+    assert await _recv(ws) == {"op": "subscribed", "sub": "s1"}
+    outstanding: list[str] = []
+    seen: list[str] = []
+    seq = 0
+    while len(seen) < 20:
+        frame = await _recv(ws)
+        if frame["op"] == "acked":
+            assert frame["acked"] == 1
+            continue
+        assert frame["op"] == "deliver" and frame["sub"] == "s1", frame
+        outstanding += [m["receipt"] for m in frame["messages"]]
+        seen += [m["body"] for m in frame["messages"]]
+        # Credit comes back only after the node has the ack: counting acks as sent is safe.
+        assert len(outstanding) <= 3
+        while outstanding and (len(outstanding) == 3 or len(seen) == 20):
+            seq += 1
+            receipts = [outstanding.pop(0)]
+            await ws.send_json({"op": "ack", "seq": seq, "queue": "jobs", "receipts": receipts})
+    assert sorted(seen) == sorted(f"m{i}" for i in range(20))
+    while (await _queue(client))["total"] != 0:
+        await asyncio.sleep(0.01)  # the last acks are still being answered
+    await ws.close()
+
+
+async def test_an_expired_lease_gives_its_credit_back(client: Client) -> None:
+    await _declare(client)
+    await _publish(client, 1)
+    ws = await client.ws_connect("/v1/channel")
+    await ws.send_json(
+        {"op": "subscribe", "sub": "s", "queue": "jobs", "prefetch": 1, "visibility_timeout": 0.2}
+    )
+    assert (await _recv(ws))["op"] == "subscribed"
+    first = await _recv(ws)
+    [message] = first["messages"]
+    assert message["deliveries"] == 1
+    # Never acked: after the lease the same message comes again, within the window of 1.
+    again = await _recv(ws)
+    assert again["op"] == "deliver"
+    assert [(m["id"], m["deliveries"]) for m in again["messages"]] == [(message["id"], 2)]
+    await ws.send_json({"op": "nack", "seq": 1, "queue": "jobs", "receipts": [message["receipt"]]})
+    stale = await _recv(ws)  # the first receipt is stale: the message was redelivered
+    assert stale == {"op": "nacked", "seq": 1, "requeued": 0, "stale": [message["receipt"]]}
+    await ws.send_json({"op": "cancel", "sub": "s"})
+    assert await _recv(ws) == {"op": "cancelled", "sub": "s"}
+    await ws.close()
+
+
+async def _add_user(client: Client, name: str, token: str | None, admin: bool = False) -> str:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    resp = await client.post("/v1/users", json={"name": name, "admin": admin}, headers=headers)
+    assert resp.status == 201, await resp.text()
+    return str((await resp.json())["token"])
+
+
+async def test_upgrade_needs_a_token_and_frames_need_the_permission(client: Client) -> None:
+    await _declare(client)
+    admin = await _add_user(client, "admin", None, admin=True)
+    reader = await _add_user(client, "reader", admin)
+    resp = await client.put(
+        "/v1/users/reader/permissions",
+        json={"read": "jobs"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert resp.status == 200
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/v1/channel")
+    assert refused.value.status == 401
+    ws = await client.ws_connect("/v1/channel", headers={"Authorization": f"Bearer {reader}"})
+    await ws.send_json({"op": "publish", "seq": 1, "queue": "jobs", "messages": [{"body": "x"}]})
+    forbidden = await _recv(ws)
+    assert (forbidden["op"], forbidden["status"], forbidden["error"]["code"]) == (
+        "error",
+        403,
+        "forbidden",
+    )
+    await ws.send_json({"op": "subscribe", "sub": "s", "queue": "jobs", "prefetch": 1})
+    assert await _recv(ws) == {"op": "subscribed", "sub": "s"}
+    await ws.close()
+
+
+async def _register_other_leader(fake: FakeRaft, http: str) -> None:
+    await fake.propose(
+        {"op": "register_node", "raft": "127.0.0.1:2", "id": "n2", "http": http, "now_ms": 1}
+    )
+    fake.leader = "127.0.0.1:2"
+
+
+async def test_a_follower_redirects_the_upgrade(client: Client, fake: FakeRaft) -> None:
+    await _register_other_leader(fake, "http://leader:9")
+    upgrade = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    resp = await client.get("/v1/channel", headers=upgrade, allow_redirects=False)
+    assert resp.status == 307
+    assert resp.headers["Location"] == "http://leader:9/v1/channel"
+
+
+async def test_losing_leadership_closes_channels_with_not_leader(
+    client: Client, fake: FakeRaft
+) -> None:
+    ws = await client.ws_connect("/v1/channel")
+    fake.leader = "127.0.0.1:2"
+    msg = await asyncio.wait_for(ws.receive(), GUARD_S)
+    assert msg.type is WSMsgType.CLOSE
+    assert (msg.data, msg.extra) == (4001, "not_leader")
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(GUARD_S):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_client_channel_publishes_consumes_and_resends_after_a_reconnect(
+    client: Client, fake: FakeRaft
+) -> None:
+    await _declare(client)
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, retry_deadline=GUARD_S) as mq, mq.channel() as ch:
+        first = await asyncio.gather(*(ch.publish("jobs", f"a{i}") for i in range(30)))
+        assert len(set(first)) == 30
+        assert ch.connects == 1
+        fake.leader = None  # this node stops leading: the channel is closed, reconnects wait
+        await _wait_for(lambda: not ch._connected.is_set())
+        pending = [asyncio.ensure_future(ch.publish("jobs", f"b{i}")) for i in range(30)]
+        await asyncio.sleep(0)  # the publishes are framed while there is no connection
+        fake.leader = fake.self_raft
+        second = await asyncio.gather(*pending)
+        assert ch.connects == 2
+        assert len(set(first + second)) == 60
+        assert (await _queue(client))["total"] == 60
+
+        got: dict[str, int] = {}
+        async for msg in ch.consume("jobs", prefetch=7):
+            assert isinstance(msg.body, str)
+            got[msg.body] = got.get(msg.body, 0) + 1
+            assert (await msg.ack()).acked == 1
+            if len(got) == 60:
+                break
+        assert set(got) == {f"a{i}" for i in range(30)} | {f"b{i}" for i in range(30)}
+    assert (await _queue(client))["total"] == 0
+
+
+async def test_client_consume_raises_for_a_missing_queue(client: Client) -> None:
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url) as mq, mq.channel() as ch:
+        with pytest.raises(QueueNotFound):
+            async for _ in ch.consume("nope", prefetch=5):
+                pass
+
+
+async def test_frames_over_the_body_limit_are_refused(client: Client) -> None:
+    await _declare(client)
+    ws = await client.ws_connect("/v1/channel")
+    padding = "x" * 5000  # over the 4096-byte body limit, under twice it: answered
+    await ws.send_str(f'{{"op": "publish", "seq": 1, "queue": "jobs", "pad": "{padding}"}}')
+    reply = await _recv(ws)
+    assert (reply["seq"], reply["status"], reply["error"]["code"]) == (1, 413, "body_too_large")
+    await ws.close()
+
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, retry_deadline=GUARD_S) as mq, mq.channel() as ch:
+        # Over twice the limit: the node closes the channel (1009) without reading it.
+        with pytest.raises(BadRequest) as refused:
+            await ch.publish("jobs", "y" * 9000)
+        assert refused.value.code == "body_too_large"
+        await ch.publish("jobs", "fits")
+    assert (await _queue(client))["total"] == 1
