@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.journal import install_journal, journal_of
 from cluster.raft_fixes import (
@@ -87,6 +88,7 @@ class ReplicatedBroker(
         self._on_applied = on_applied
         self.leader_changes = 0
         self._map_release_due = 0.0
+        self._leader_logged: tuple[str | None, int] = (None, 0)
         codec = SnapshotCodec(holder, os.path.join(settings.data_dir, "tmp"))
         self.codec = codec
         # Called from the tick thread only, once pysyncobj has created its journal.
@@ -101,9 +103,26 @@ class ReplicatedBroker(
         )
 
     def _SyncObj__onLeaderChanged(self) -> None:
-        """Count leader changes seen by this node (pysyncobj has no public hook)."""
+        """Count leader changes seen by this node (pysyncobj has no public hook).
+
+        pysyncobj calls it when this node starts an election and when it first
+        hears from a new leader (before it records who that is: `_onTick` logs it).
+        """
         self.leader_changes += 1
+        if self._SyncObj__raftState == _RAFT_STATE.CANDIDATE:
+            logger.warning(
+                "no leader heard within the election timeout: candidate, term %d",
+                self._SyncObj__raftCurrentTerm,
+            )
         SyncObj._SyncObj__onLeaderChanged(self)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        super()._onTick(timeToWait)
+        leader = self._SyncObj__raftLeader
+        seen = (None if leader is None else leader.id, self._SyncObj__raftCurrentTerm)
+        if seen != self._leader_logged and seen[0] is not None:
+            self._leader_logged = seen
+            logger.info("leader is %s (term %d)", *seen)
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[dict[str, Any]] | None:

@@ -73,6 +73,17 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _seconds_range(value: str) -> tuple[float, float]:
+    low, sep, high = value.partition(",")
+    try:
+        bounds = (float(low), float(high))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {value!r}") from None
+    if not sep or not 0 < bounds[0] < bounds[1]:
+        raise argparse.ArgumentTypeError(f"expected 0 < MIN < MAX, got {value!r}")
+    return bounds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raftmq node",
@@ -143,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="once users exist, /metrics needs a token too (default: open for scrapers)",
     )
     parser.add_argument(
+        "--election-timeout",
+        type=_seconds_range,
+        default=f"{RaftSettings.election_timeout_min_s:g},{RaftSettings.election_timeout_max_s:g}",
+        metavar="MIN,MAX",
+        help="a follower that hears no leader for a random time in [MIN, MAX] seconds calls "
+        "an election: shorter fails over faster, longer rides out CPU or disk stalls "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-pending-commands",
         type=int,
         default=RaftSettings.max_pending_commands,
@@ -190,6 +210,8 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         snapshot_entries=args.snapshot_entries,
         proposal_timeout_s=args.proposal_timeout,
         max_pending_commands=args.max_pending_commands,
+        election_timeout_min_s=args.election_timeout[0],
+        election_timeout_max_s=args.election_timeout[1],
     )
     limits = Limits(**{f.name: getattr(args, f"limit_{f.name}") for f in fields(Limits)})
     for name, value in vars(limits).items():

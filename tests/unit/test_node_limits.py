@@ -145,3 +145,12 @@ def test_a_limit_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_config([*NODE_ARGS, "--max-batch", "0"])
     assert "--max-batch must be positive" in capsys.readouterr().err
+
+
+def test_election_timeout_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_config([*NODE_ARGS, "--election-timeout", "0.5,1.5"])
+    assert (config.raft.election_timeout_min_s, config.raft.election_timeout_max_s) == (0.5, 1.5)
+    for wrong in ("1", "0.5,0.2", "a,b", "0,1"):
+        with pytest.raises(SystemExit):
+            parse_config([*NODE_ARGS, "--election-timeout", wrong])
+    assert "expected" in capsys.readouterr().err
