@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -68,6 +69,10 @@ _REC_OVERHEAD = _REC_HEAD.size + _REC_TAIL.size
 # long batch between two flushes does not hold unbounded memory.
 _WRITE_THRESHOLD = 1 << 20
 _COPY_CHUNK = 1 << 20
+# Commands kept in memory, newest first; older ones are read back from the file.
+DEFAULT_RESIDENT_BYTES = 64 << 20
+# Stands in for a command that is on disk only (entries before _resident_from).
+_ON_DISK = b""
 
 
 class JournalError(Exception):
@@ -145,10 +150,13 @@ def _encode(command: bytes, idx: int, term: int) -> bytes:
 class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
     """pysyncobj journal that fdatasyncs on flush() and stores term/vote durably.
 
-    Entries are kept in memory as (command, idx, term) tuples, as pysyncobj
-    indexes and slices the journal like a list. Method names follow
-    pysyncobj's Journal interface. Thread-safe; pysyncobj uses it from its
-    tick thread only.
+    Entries are (command, idx, term) tuples, as pysyncobj indexes and slices
+    the journal like a list. Index and term of every entry stay in memory, but
+    only the newest ``resident_bytes`` of commands do: older commands (which
+    pysyncobj reads only to catch up a lagging follower) are read back from
+    the file, so a long log between two snapshots does not grow the heap.
+    Method names follow pysyncobj's Journal interface. Thread-safe; pysyncobj
+    uses it from its tick thread only.
     """
 
     def __init__(
@@ -157,6 +165,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         fsync: bool = True,
         *,
         syncer: Callable[[int], None] | None = None,
+        resident_bytes: int = DEFAULT_RESIDENT_BYTES,
     ) -> None:
         """Open (or create) the journal at ``path`` and load it.
 
@@ -171,6 +180,11 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         self._lock = threading.RLock()
         self._entries: list[Entry] = []
         self._offsets: list[int] = []  # file offset of each entry's record
+        # Entries before this position hold _ON_DISK: their command is in the file only.
+        self._resident_from = 0
+        self._resident_bytes = 0
+        self._resident_limit = resident_bytes
+        self._read_fd: int | None = None
         self._buffer = bytearray()  # encoded records not yet handed to the OS
         self._written = HEADER_SIZE  # bytes of the file handed to the OS
         self._unsynced = False  # the OS holds bytes (or a truncation) not yet synced
@@ -192,27 +206,35 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
     def _open_and_load(self) -> int:
         try:
             with open(self._path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > HEADER_SIZE:
+                    # Mapped, not read: only the commands kept in memory are copied.
+                    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                        return self._load(mapped, len(mapped))
                 data = f.read()
         except FileNotFoundError:
             data = b""
-        if len(data) < HEADER_SIZE:
-            if not HEADER.startswith(data):
+        return self._load(data, len(data))
+
+    def _load(self, data: bytes | mmap.mmap, size: int) -> int:
+        if size < HEADER_SIZE:
+            if not HEADER.startswith(bytes(data)):
                 raise JournalCorruptError(f"{self._path!r} is not a raftmq journal")
             # New journal, or a crash while creating it: write a fresh header.
             self._create_file()
             data = HEADER
-        elif data[:HEADER_SIZE] != HEADER:
+        elif bytes(data[:HEADER_SIZE]) != HEADER:
             raise JournalCorruptError(
                 f"{self._path!r} is not a raftmq journal (format {FORMAT_VERSION} expected)"
             )
-        end = self._parse(data)
+        end = self._parse(data, size)
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
-        if end < len(data):
+        if end < size:
             logger.warning(
                 "journal %s: dropping %d bytes of torn or stale tail after offset %d "
                 "(%d entries kept)",
                 self._path,
-                len(data) - end,
+                size - end,
                 end,
                 len(self._entries),
             )
@@ -226,34 +248,53 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         self._written = end
         return fd
 
-    def _parse(self, data: bytes) -> int:
-        """Load records from ``data``; returns the offset where the valid prefix ends."""
+    def _parse(self, data: bytes | mmap.mmap, size: int) -> int:
+        """Load records from ``data``; returns the offset where the valid prefix ends.
+
+        Every record is checked; only the newest ``resident_bytes`` of commands
+        are copied into memory.
+        """
         entries = self._entries
         offsets = self._offsets
+        lengths: list[int] = []
         unpack_head = _REC_HEAD.unpack_from
         unpack_tail = _REC_TAIL.unpack_from
         crc32 = zlib.crc32
         view = memoryview(data)
-        size = len(data)
         pos = HEADER_SIZE
         prev_idx = -1
         prev_term = -1
         head_size = _REC_HEAD.size
-        while pos + _REC_OVERHEAD <= size:
-            length, idx, term = unpack_head(data, pos)
-            body = pos + head_size
-            tail = body + length
-            if tail + _REC_TAIL.size > size:
-                break
-            crc = crc32(view[body:tail], crc32(view[pos:body]))
-            if crc != unpack_tail(data, tail)[0]:
-                break
-            if prev_idx >= 0 and (idx != prev_idx + 1 or term < prev_term):
-                break
-            entries.append((data[body:tail], idx, term))
-            offsets.append(pos)
-            prev_idx, prev_term = idx, term
-            pos = tail + _REC_TAIL.size
+        try:
+            while pos + _REC_OVERHEAD <= size:
+                length, idx, term = unpack_head(data, pos)
+                body = pos + head_size
+                tail = body + length
+                if tail + _REC_TAIL.size > size:
+                    break
+                crc = crc32(view[body:tail], crc32(view[pos:body]))
+                if crc != unpack_tail(data, tail)[0]:
+                    break
+                if prev_idx >= 0 and (idx != prev_idx + 1 or term < prev_term):
+                    break
+                entries.append((_ON_DISK, idx, term))
+                offsets.append(pos)
+                lengths.append(length)
+                prev_idx, prev_term = idx, term
+                pos = tail + _REC_TAIL.size
+            resident = 0
+            first = len(entries)
+            while first > 0 and resident + lengths[first - 1] <= self._resident_limit:
+                first -= 1
+                resident += lengths[first]
+            for position in range(first, len(entries)):
+                body = offsets[position] + head_size
+                _, idx, term = entries[position]
+                entries[position] = (bytes(view[body : body + lengths[position]]), idx, term)
+        finally:
+            view.release()
+        self._resident_from = first
+        self._resident_bytes = resident
         return pos
 
     def _create_file(self) -> None:
@@ -343,8 +384,11 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             self._offsets.append(self._written + len(self._buffer))
             self._entries.append((command, idx, term))
             self._buffer += record
+            self._resident_bytes += len(command)
             if len(self._buffer) >= _WRITE_THRESHOLD:
                 self._write_buffer()
+            if self._resident_bytes > self._resident_limit:
+                self._evict()
 
     def clear(self) -> None:
         with self._lock:
@@ -368,8 +412,10 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             except BaseException as e:
                 self._fail(e)
                 raise
+        self._forget_resident(position, len(self._entries))
         del self._entries[position:]
         del self._offsets[position:]
+        self._resident_from = min(self._resident_from, position)
         if cut >= self._written:
             del self._buffer[cut - self._written :]
             return
@@ -426,8 +472,11 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             except BaseException as e:
                 self._fail(e)
                 raise
+            self._forget_resident(0, stop)
             del self._entries[:stop]
             self._offsets = [o - shift for o in self._offsets[stop:]]
+            self._resident_from = max(0, self._resident_from - stop)
+            self._close_read_fd()  # the file was replaced
             self._written -= shift
             # Everything kept is in the new file, synced when fsync is on.
             self._unsynced = False
@@ -440,13 +489,80 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
     def __getitem__(self, item: slice) -> list[Entry]: ...
 
     def __getitem__(self, item: int | slice) -> Entry | list[Entry]:
-        return self._entries[item]
+        if isinstance(item, slice):
+            positions = range(*item.indices(len(self._entries)))
+            if not positions or min(positions[0], positions[-1]) >= self._resident_from:
+                return self._entries[item]
+            return [self._entry_at(position) for position in positions]
+        return self._entry_at(item)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries)
+        for position in range(len(self._entries)):
+            yield self._entry_at(position)
+
+    # -- commands kept in memory, or read back -----------------------------------------
+
+    def _entry_at(self, position: int) -> Entry:
+        entry = self._entries[position]
+        if position < 0:
+            position += len(self._entries)
+        if position >= self._resident_from:
+            return entry
+        with self._lock:
+            return (self._read_command(position), entry[1], entry[2])
+
+    def _read_command(self, position: int) -> bytes:
+        """The command of an entry whose record was handed to the OS, checked."""
+        self._check_open()
+        if self._read_fd is None:
+            self._read_fd = os.open(self._path, os.O_RDONLY)
+        offset = self._offsets[position]
+        head = os.pread(self._read_fd, _REC_HEAD.size, offset)
+        length, idx, term = _REC_HEAD.unpack(head)
+        rest = os.pread(self._read_fd, length + _REC_TAIL.size, offset + _REC_HEAD.size)
+        command = rest[:length]
+        (crc,) = _REC_TAIL.unpack_from(rest, length)
+        expected = self._entries[position]
+        if (
+            len(rest) != length + _REC_TAIL.size
+            or (idx, term) != (expected[1], expected[2])
+            or zlib.crc32(command, zlib.crc32(head)) != crc
+        ):
+            raise JournalError(
+                f"journal {self._path!r}: the record of entry {expected[1]} at offset "
+                f"{offset} does not read back"
+            )
+        return command
+
+    def _evict(self) -> None:
+        """Drop the oldest commands from memory until the resident bytes fit the limit.
+
+        Only records already handed to the OS can be read back, so those still
+        in the write buffer stay.
+        """
+        entries = self._entries
+        position = self._resident_from
+        while self._resident_bytes > self._resident_limit and position < len(entries):
+            command, idx, term = entries[position]
+            if self._offsets[position] + _REC_OVERHEAD + len(command) > self._written:
+                break
+            entries[position] = (_ON_DISK, idx, term)
+            self._resident_bytes -= len(command)
+            position += 1
+        self._resident_from = position
+
+    def _forget_resident(self, start: int, stop: int) -> None:
+        """Entries [start, stop) are about to go: stop counting their resident bytes."""
+        for position in range(max(start, self._resident_from), stop):
+            self._resident_bytes -= len(self._entries[position][0])
+
+    def _close_read_fd(self) -> None:
+        if self._read_fd is not None:
+            os.close(self._read_fd)
+            self._read_fd = None
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         """Remember the commit index; persisted lazily (it can be recomputed)."""
@@ -523,6 +639,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             finally:
                 self._closed = True
                 os.close(self._fd)
+                self._close_read_fd()
 
     close = _destroy
 

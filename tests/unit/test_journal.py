@@ -15,6 +15,7 @@ import pysyncobj.syncobj
 import pytest
 
 from cluster.journal import (
+    DEFAULT_RESIDENT_BYTES,
     HEADER,
     HEADER_SIZE,
     DurableJournal,
@@ -186,7 +187,17 @@ def test_large_batches_spill_to_the_os_without_syncing(tmp_path: Path) -> None:
         j2.close()
 
 
-def test_random_operations_match_a_list_model(opener: Opener) -> None:
+@pytest.mark.parametrize("resident_bytes", [DEFAULT_RESIDENT_BYTES, 100, 0])
+def test_random_operations_match_a_list_model(
+    jpath: str, open_journals: list[DurableJournal], resident_bytes: int
+) -> None:
+    """Also with commands evicted from memory (read back from the file) at every size."""
+
+    def opener() -> DurableJournal:
+        j = DurableJournal(jpath, resident_bytes=resident_bytes)
+        open_journals.append(j)
+        return j
+
     rng = random.Random(1234)
     j = opener()
     model: list[Entry] = []
@@ -214,8 +225,51 @@ def test_random_operations_match_a_list_model(opener: Opener) -> None:
             j.close()
             j = opener()
         assert j[:] == model
+        if model:
+            k = rng.randrange(len(model))
+            assert (j[k], j[-1], j[k:][0]) == (model[k], model[-1], model[k])
+    assert list(j) == model
     j.close()
     assert opener()[:] == model
+
+
+def test_old_commands_leave_memory_and_read_back(jpath: str) -> None:
+    j = DurableJournal(jpath, resident_bytes=10_000)
+    try:
+        added = [(bytes([i % 256]) * 1000, i, 1) for i in range(1, 1001)]
+        for e in added:
+            j.add(*e)
+        j.flush()
+        j.add(b"x" * 1000, 1001, 1)
+        added.append((b"x" * 1000, 1001, 1))
+        assert j._resident_bytes <= 11_000
+        assert j[:] == added and j[0] == added[0] and j[-1] == added[-1]
+        j.deleteEntriesTo(500)  # compaction rewrites the file: read-backs follow it
+        assert j[:] == added[500:]
+    finally:
+        j.close()
+    reopened = DurableJournal(jpath, resident_bytes=10_000)
+    try:
+        assert reopened._resident_bytes <= 10_000
+        assert reopened[:] == added[500:]
+    finally:
+        reopened.close()
+
+
+def test_a_command_that_does_not_read_back_is_an_error(jpath: str) -> None:
+    j = DurableJournal(jpath, resident_bytes=0)
+    try:
+        fill(j, 1, 3)
+        j.flush()
+        j.add(b"next", 4, 1)  # evicts the flushed ones
+        with open(jpath, "r+b") as f:
+            f.seek(HEADER_SIZE + 20)  # the first record's command
+            f.write(b"X")
+        with pytest.raises(JournalError, match="does not read back"):
+            j[0]
+        assert j[1] == entry(2)
+    finally:
+        j.close()
 
 
 def corrupt_tail_cases(jpath: str) -> Iterator[tuple[str, bytes]]:
