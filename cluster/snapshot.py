@@ -82,23 +82,19 @@ class SnapshotCodec:
     def serialize(self, path: str, raft_data: Any) -> None:
         """Write a snapshot of the current LMDB state to `path` (pysyncobj renames it)."""
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(dir=self._work_dir) as copy_dir:
-            store = self._holder.store
-            # The journal before this point is about to be dropped: the state
-            # that replaces it must be on disk first (durability rule).
-            store.sync()
-            applied = store.applied_index()
-            store.copy_to(copy_dir)
-            # The copy read every page through LMDB's map: drop them from our RSS.
-            store.release_mapped_pages()
-            header = pickle.dumps({"raft_data": raft_data, "applied_index": applied})
-            with open(path, "wb") as out, open(os.path.join(copy_dir, "data.mdb"), "rb") as src:
-                out.write(MAGIC)
-                out.write(_LEN.pack(len(header)))
-                out.write(header)
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
+        store = self._holder.store
+        # The journal before this point is about to be dropped: the state that
+        # replaces it must be on disk first (durability rule); copy_data_file syncs.
+        applied = store.applied_index()
+        header = pickle.dumps({"raft_data": raft_data, "applied_index": applied})
+        with open(path, "wb") as out:
+            out.write(MAGIC)
+            out.write(_LEN.pack(len(header)))
+            out.write(header)
+            # On the tick thread, which alone applies: no write runs during the copy.
+            store.copy_data_file(out)
+            out.flush()
+            os.fsync(out.fileno())
         logger.info(
             "snapshot written at applied index %d in %.2f s", applied, time.monotonic() - started
         )

@@ -52,3 +52,21 @@ def test_mapped_ranges_reads_the_maps_format(tmp_path: Path) -> None:
         (0x7F0000000000, 0x7F0000100000),
         (0x7F0000400000, 0x7F0000500000),
     ]
+
+
+def test_a_raw_copy_of_the_data_file_is_the_same_state(tmp_path: Path) -> None:
+    with Store(str(tmp_path / "s")) as store:
+        store.apply(1, [{"op": "declare_queue", "queue": "q", "now_ms": 1}])
+        batch = [{"id": str(i), "body": "x" * 100} for i in range(1000)]
+        store.apply(2, [{"op": "publish", "queue": "q", "now_ms": 2, "messages": batch}])
+        before = _rss_file_kib()
+        (tmp_path / "copy").mkdir()
+        with open(tmp_path / "copy" / "data.mdb", "wb") as out:
+            out.write(b"")
+            copied = store.copy_data_file(out)
+        assert copied == (tmp_path / "s" / "data.mdb").stat().st_size
+        assert _rss_file_kib() - before < 1000  # not read through the map
+        digest = store.digest()
+    with Store(str(tmp_path / "copy")) as copy:
+        assert copy.digest() == digest
+        assert copy.applied_index() == 2
