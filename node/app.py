@@ -39,6 +39,8 @@ RAFT = web.AppKey("raft", RaftPort)
 CONFIG = web.AppKey("config", NodeConfig)
 WAITERS = web.AppKey("waiters", QueueWaiters)
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+# The WebSocket channels open on this node (node/routes_channel.py; --max-channels).
+OPEN_CHANNELS: web.AppKey[set[object]] = web.AppKey("open_channels")
 MEMBERSHIP_LOCK = web.AppKey("membership_lock", asyncio.Lock)
 # Set when this node should stop: SIGTERM, or its removal from the cluster.
 STOP = web.AppKey("stop", asyncio.Event)
@@ -514,6 +516,7 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     app[CONFIG] = config
     app[WAITERS] = QueueWaiters(config.limits.max_waiters)
     app[BODY_BUDGET] = BodyBudget(config.limits.max_body_buffer_bytes)
+    app[OPEN_CHANNELS] = set()
     app[MEMBERSHIP_LOCK] = asyncio.Lock()
     app[STOP] = asyncio.Event()
     app.cleanup_ctx.append(_background)

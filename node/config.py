@@ -39,6 +39,9 @@ class Limits:
     idle_timeout_s: float = _limit(
         60.0, "close a connection that sends no complete request head for this long"
     )
+    max_channels: int = _limit(
+        1000, "WebSocket channels open on this node at once (then 503 overloaded)"
+    )
 
 
 def limit_flag(name: str) -> str:

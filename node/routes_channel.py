@@ -37,7 +37,17 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from cluster.errors import ClusterError, NotLeader
 from node import auth
-from node.app import CONFIG, RAFT, STOP, WAITERS, _deliverable, _ok_or_raise, now_ms
+from node.app import (
+    BODY_BUDGET,
+    CONFIG,
+    OPEN_CHANNELS,
+    RAFT,
+    STOP,
+    WAITERS,
+    _deliverable,
+    _ok_or_raise,
+    now_ms,
+)
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
 from node.validation import (
     check_name,
@@ -168,6 +178,7 @@ class _Channel:
 
     async def frame(self, raw: str) -> None:
         key, value = "seq", None
+        reserved = contextlib.ExitStack()
         try:
             try:
                 frame = orjson.loads(raw)
@@ -183,6 +194,8 @@ class _Channel:
                 raise ApiError(
                     413, "body_too_large", f"a frame is over {self.limits.max_body_bytes} bytes"
                 )
+            # Frames being handled share the budget of request bodies being received.
+            reserved.enter_context(self.request.app[BODY_BUDGET].reserve(len(raw)))
             if op == "publish":
                 await self.publish(frame)
             elif op in ("ack", "nack"):
@@ -204,6 +217,7 @@ class _Channel:
             error = ApiError(500, "internal", "internal error; see the node log")
             await self.send(_error_frame(error, key, value))
         finally:
+            reserved.close()
             self.slots.release()
 
     def queue_of(self, frame: dict[str, Any], op: str) -> str:
@@ -351,12 +365,22 @@ async def channel(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise bad_request(f"GET {PATH} expects a WebSocket upgrade")
+    open_channels = request.app[OPEN_CHANNELS]
+    if len(open_channels) >= limits.max_channels:
+        raise ApiError(
+            503,
+            "overloaded",
+            f"this node has {len(open_channels)} channels open, its limit; retry shortly",
+            {"Retry-After": "1"},
+        )
     await ws.prepare(request)
     session = _Channel(request, ws)
+    open_channels.add(session)
     logger.debug("channel opened by %s", request.remote)
     try:
         await session.run()
     finally:
+        open_channels.discard(session)
         if not ws.closed:
             await ws.close()
     return ws

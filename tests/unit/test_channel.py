@@ -11,7 +11,7 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
 from cluster.settings import RaftSettings
-from node.app import make_app
+from node.app import BODY_BUDGET, OPEN_CHANNELS, make_app
 from node.config import Limits, NodeConfig
 from raftmq.client import AsyncClient
 from raftmq.errors import BadRequest, QueueNotFound
@@ -293,3 +293,50 @@ async def test_frames_over_the_body_limit_are_refused(client: Client) -> None:
         assert refused.value.code == "body_too_large"
         await ch.publish("jobs", "fits")
     assert (await _queue(client))["total"] == 1
+
+
+async def test_channels_per_node_and_frames_in_flight_are_bounded(
+    fake: FakeRaft, tmp_path: Path
+) -> None:
+    config = NodeConfig(
+        node_id="n1",
+        http_host="127.0.0.1",
+        http_port=0,
+        advertise_http="http://127.0.0.1:1",
+        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
+        limits=Limits(max_channels=1),
+    )
+    app = make_app(fake, config)
+    async with TestClient(TestServer(app)) as client:
+        await _declare(client)
+        ws = await client.ws_connect("/v1/channel")
+        second = await client.get("/v1/channel", headers=_UPGRADE)
+        assert second.status == 503
+        assert (await second.json())["error"]["code"] == "overloaded"
+
+        budget = app[BODY_BUDGET]
+        budget.reserved_bytes = budget.limit_bytes  # bodies being received fill the budget
+        await ws.send_json(
+            {"op": "publish", "seq": 1, "queue": "jobs", "messages": [{"body": "a"}]}
+        )
+        reply = await _recv(ws)
+        assert (reply["seq"], reply["status"], reply["error"]["code"]) == (1, 503, "overloaded")
+        budget.reserved_bytes = 0
+        await ws.send_json(
+            {"op": "publish", "seq": 2, "queue": "jobs", "messages": [{"body": "a"}]}
+        )
+        assert (await _recv(ws))["op"] == "confirm"
+        await ws.close()
+        assert budget.reserved_bytes == 0
+        # The closed channel's place is free again.
+        await _wait_for(lambda: not app[OPEN_CHANNELS])
+        third = await client.ws_connect("/v1/channel")
+        await third.close()
+
+
+_UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
