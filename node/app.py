@@ -143,7 +143,8 @@ async def _commit(request: web.Request, command: dict[str, Any]) -> dict[str, An
     return await request.app[RAFT].propose_as_leader(command)
 
 
-def _ok_or_raise(result: dict[str, Any], queue: str, ok: str = "ok") -> dict[str, Any]:
+def ok_or_raise(result: dict[str, Any], queue: str, ok: str = "ok") -> dict[str, Any]:
+    """The storage result when its status is `ok`, else the matching ApiError."""
     if result.get("status") != ok:
         raise from_result(result, queue)
     return result
@@ -208,14 +209,14 @@ async def get_queue(request: web.Request) -> web.Response:
 async def delete_queue(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     result = await _commit(request, {"op": "delete_queue", "queue": queue, "now_ms": now_ms()})
-    _ok_or_raise(result, queue, "deleted")
+    ok_or_raise(result, queue, "deleted")
     return web.Response(status=204)
 
 
 async def purge_queue(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     result = await _commit(request, {"op": "purge_queue", "queue": queue, "now_ms": now_ms()})
-    _ok_or_raise(result, queue, "purged")
+    ok_or_raise(result, queue, "purged")
     return json_response({"purged": result["purged"]})
 
 
@@ -223,7 +224,7 @@ async def publish(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     request.app[RAFT].require_leader()
     command = publish_command(queue, await read_json(request), request.app[CONFIG].limits, now_ms())
-    result = _ok_or_raise(await _commit(request, command), queue)
+    result = ok_or_raise(await _commit(request, command), queue)
     return json_response({"ids": result["ids"]})
 
 
@@ -238,14 +239,14 @@ async def receive(request: web.Request) -> web.Response:
     while True:
         event = waiters.event(queue)
         now = now_ms()
-        info = raft.read(functools.partial(_deliverable, queue=queue, now=now))
+        info = raft.read(functools.partial(deliverable_state, queue=queue, now=now))
         if info is None:
             raise from_result({"status": "not_found"}, queue)
         deliverable, visibility_ms, next_due = info
         remaining = deadline - loop.time()
         if deliverable or remaining <= 0:
             command = receive_command(queue, count, lease_ms or visibility_ms, now)
-            result = _ok_or_raise(await raft.propose_as_leader(command), queue)
+            result = ok_or_raise(await raft.propose_as_leader(command), queue)
             if result["messages"] or remaining <= 0:
                 return json_response({"messages": result["messages"]})
         if waiters.full:
@@ -259,7 +260,8 @@ async def receive(request: web.Request) -> web.Response:
         raft.require_leader()
 
 
-def _deliverable(store: Store, queue: str, now: int) -> tuple[bool, int, int | None] | None:
+def deliverable_state(store: Store, queue: str, now: int) -> tuple[bool, int, int | None] | None:
+    """(anything deliverable now, visibility timeout ms, next due time) of a queue, or None."""
     info = store.get_queue(queue, now)
     if info is None:
         return None
@@ -273,7 +275,7 @@ async def ack(request: web.Request) -> web.Response:
     command = receipts_command(
         "ack", queue, await read_json(request), request.app[CONFIG].limits, now_ms()
     )
-    result = _ok_or_raise(await _commit(request, command), queue)
+    result = ok_or_raise(await _commit(request, command), queue)
     return json_response({"acked": result["acked"], "stale": result["stale"]})
 
 
@@ -283,7 +285,7 @@ async def nack(request: web.Request) -> web.Response:
     command = receipts_command(
         "nack", queue, await read_json(request), request.app[CONFIG].limits, now_ms()
     )
-    result = _ok_or_raise(await _commit(request, command), queue)
+    result = ok_or_raise(await _commit(request, command), queue)
     return json_response({"requeued": result["requeued"], "stale": result["stale"]})
 
 

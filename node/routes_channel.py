@@ -44,9 +44,9 @@ from node.app import (
     RAFT,
     STOP,
     WAITERS,
-    _deliverable,
-    _ok_or_raise,
+    deliverable_state,
     now_ms,
+    ok_or_raise,
 )
 from node.errors import ApiError, bad_request, from_cluster_error, from_result
 from node.validation import (
@@ -233,7 +233,7 @@ class _Channel:
         queue = self.queue_of(frame, "publish")
         body = {"messages": frame.get("messages")}
         command = publish_command(queue, body, self.limits, now_ms())
-        result = _ok_or_raise(await self.raft.propose_as_leader(command), queue)
+        result = ok_or_raise(await self.raft.propose_as_leader(command), queue)
         await self.send({"op": "confirm", "seq": frame.get("seq"), "ids": result["ids"]})
 
     async def receipts(self, op: str, frame: dict[str, Any]) -> None:
@@ -241,7 +241,7 @@ class _Channel:
         queue = self.queue_of(frame, op)
         body = {k: v for k, v in frame.items() if k in ("receipts", "delay")}
         command = receipts_command(op, queue, body, self.limits, now_ms())
-        result = _ok_or_raise(await self.raft.propose_as_leader(command), queue)
+        result = ok_or_raise(await self.raft.propose_as_leader(command), queue)
         for sub in self.subs.values():
             if sub.queue == queue:
                 sub.release(command["receipts"])
@@ -326,7 +326,7 @@ class _Channel:
         loop = asyncio.get_running_loop()
         event = self.waiters.event(sub.queue)
         now = now_ms()
-        info = self.raft.read(functools.partial(_deliverable, queue=sub.queue, now=now))
+        info = self.raft.read(functools.partial(deliverable_state, queue=sub.queue, now=now))
         if info is None:
             raise from_result({"status": "not_found"}, sub.queue)
         deliverable, visibility_ms, next_due = info
@@ -336,7 +336,7 @@ class _Channel:
             # On a ClusterError the lease may or may not have happened: its messages
             # come back on expiry (the pump retries).
             result = await self.raft.propose_as_leader(command)
-            messages = _ok_or_raise(result, sub.queue)["messages"]
+            messages = ok_or_raise(result, sub.queue)["messages"]
             if messages:
                 # Counted from before the proposal: the lease ends no later than this.
                 end = loop.time() + lease_ms / 1000 - max(0, now_ms() - now) / 1000

@@ -6,7 +6,6 @@ exception) into an "invalid" result after rolling the command back.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
 from storage import exchanges, keys, streams, users
@@ -17,6 +16,7 @@ from storage.config import (
     normalize_queue_config,
 )
 from storage.errors import InvalidCommand
+from storage.fields import ENCODING_BASE64, Payload, payload
 from storage.fields import integer as _int
 from storage.fields import string as _str
 from storage.mutation import Mutation, QueueState
@@ -28,7 +28,6 @@ SCAN_BUDGET: Final = 10000
 # Most outdated dedup entries one publish forgets.
 DEDUP_EXPIRE_LIMIT: Final = 1000
 MAX_ADDRESS_BYTES: Final = 255
-ENCODING_BASE64: Final = "base64"
 
 Command = dict[str, Any]
 Result = dict[str, Any]
@@ -55,34 +54,6 @@ def command_now(cmd: object) -> int:
     if not isinstance(cmd, dict):
         raise InvalidCommand("a command must be an object")
     return _int(cmd, "now_ms")
-
-
-@dataclass(frozen=True)
-class _Outgoing:
-    """One message of a publish command, checked."""
-
-    id: str
-    body: str
-    headers: dict[str, Any]
-    encoding: str | None
-    delay_ms: int | None
-
-
-def _outgoing(raw: object) -> _Outgoing:
-    if not isinstance(raw, dict):
-        raise InvalidCommand("each message must be an object")
-    message_id = _str(raw, "id")
-    body = _str(raw, "body")
-    headers = raw.get("headers")
-    if headers is None:
-        headers = {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers):
-        raise InvalidCommand("headers must be an object with string keys")
-    encoding = raw.get("encoding")
-    if encoding not in (None, ENCODING_BASE64):
-        raise InvalidCommand('encoding must be "base64" or absent')
-    delay_ms = None if raw.get("delay_ms") is None else _int(raw, "delay_ms")
-    return _Outgoing(message_id, body, headers, encoding, delay_ms)
 
 
 def declare_queue(m: Mutation, cmd: Command) -> Result:
@@ -128,13 +99,14 @@ def publish(m: Mutation, cmd: Command) -> Result:
     """
     q = m.queue(_queue_name(cmd))
     window = _int(cmd, "dedup_window_ms", default=0)
-    outgoing = [_outgoing(raw) for raw in _list(cmd, "messages")]
+    outgoing = [payload(raw, id_required=True) for raw in _list(cmd, "messages")]
     if q is None:
         return dict(_NOT_FOUND)
     cutoff = m.now - window
-    fresh: list[tuple[_Outgoing, bytes, int | None]] = []
+    fresh: list[tuple[Payload, bytes, int | None]] = []
     seen: set[bytes] = set()
     for message in outgoing:
+        assert message.id is not None  # id_required
         if window == 0:
             fresh.append((message, b"", None))
             continue
@@ -155,6 +127,7 @@ def publish(m: Mutation, cmd: Command) -> Result:
             f"{len(fresh)} more do not fit",
         }
     for message, idk, previous in fresh:
+        assert message.id is not None
         seq = m.enqueue(
             q,
             message.id,

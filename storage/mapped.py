@@ -54,21 +54,19 @@ def mapped_ranges(file_path: str, maps_path: str = "/proc/self/maps") -> list[tu
     return ranges
 
 
-def release_mapped_pages(file_path: str) -> int:
-    """Drop this process's mappings of ``file_path``'s pages; the bytes of address range covered.
+def release_mapped_pages(file_path: str, ranges: list[tuple[int, int]]) -> int:
+    """Drop this process's mappings of the pages in ``ranges`` (of ``file_path``, see
+    `mapped_ranges`); the bytes of address range covered.
 
     Only for read-only shared mappings such as LMDB's (see the module docstring).
     """
     if _MADVISE is None:
         return 0
     released = 0
-    for start, end in mapped_ranges(file_path):
+    for start, end in ranges:
         if _MADVISE(start, end - start, _MADV_DONTNEED) != 0:
-            logger.warning(
-                "madvise(MADV_DONTNEED) on %s failed: %s",
-                file_path,
-                os.strerror(ctypes.get_errno()),
-            )
+            error = os.strerror(ctypes.get_errno())
+            logger.warning("madvise(MADV_DONTNEED) on %s failed: %s", file_path, error)
             continue
         released += end - start
     return released

@@ -18,7 +18,7 @@ import lmdb
 from storage import keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
-from storage.mapped import release_mapped_pages
+from storage.mapped import mapped_ranges, release_mapped_pages
 from storage.mutation import Dbs, Mutation
 
 T = TypeVar("T")
@@ -48,6 +48,8 @@ class Store:
             self._dbs = Dbs(*(self._env.open_db(name, txn=txn) for name in keys.DB_NAMES))
         # Derived data (topic routers) keyed by versions stored in LMDB; see Mutation.memo.
         self._memo: dict[Any, Any] = {}
+        # Address ranges of LMDB's map of data.mdb, found on first release.
+        self._map_ranges: list[tuple[int, int]] | None = None
 
     def __enter__(self) -> Store:
         return self
@@ -131,7 +133,11 @@ class Store:
         They stay in the page cache; see storage/mapped.py. Call it between
         write transactions (readers may run at the same time).
         """
-        release_mapped_pages(os.path.join(self._path, "data.mdb"))
+        data_file = os.path.join(self._path, "data.mdb")
+        if self._map_ranges is None:
+            # LMDB maps the file once, at open, for the environment's life.
+            self._map_ranges = mapped_ranges(data_file)
+        release_mapped_pages(data_file, self._map_ranges)
 
     def copy_data_file(self, out: BinaryIO) -> int:
         """Append the environment's data file to `out`, by the kernel; returns the bytes copied.

@@ -14,12 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster.settings import RaftSettings
 from node import auth
 from node.app import make_app
-from node.config import NodeConfig
 from storage import users
-from tests.unit.test_node_app import FakeRaft
+from tests.unit.test_node_app import FakeRaft, node_config
 
 Client = TestClient[Any, Any]
 ALLOWED_KINDS = ("configure", "write", "read")
@@ -51,21 +49,8 @@ def _path(canonical: str) -> str:
 
 
 @pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
-    raft = FakeRaft(tmp_path / "store")
-    yield raft
-    raft.store.close()
-
-
-@pytest.fixture
 async def app(fake: FakeRaft, tmp_path: Path) -> web.Application:
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
-    )
+    config = node_config(fake, tmp_path)
     return make_app(fake, config)
 
 

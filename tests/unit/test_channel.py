@@ -10,12 +10,11 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster.settings import RaftSettings
 from node.app import BODY_BUDGET, OPEN_CHANNELS, make_app
-from node.config import Limits, NodeConfig
+from node.config import Limits
 from raftmq.client import AsyncClient
 from raftmq.errors import BadRequest, QueueNotFound
-from tests.unit.test_node_app import FakeRaft
+from tests.unit.test_node_app import FakeRaft, node_config
 
 Client = TestClient[Any, Any]
 WS = aiohttp.ClientWebSocketResponse
@@ -24,21 +23,9 @@ GUARD_S = 10.0
 
 
 @pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
-    raft = FakeRaft(tmp_path / "store")
-    yield raft
-    raft.store.close()
-
-
-@pytest.fixture
 async def client(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[Client]:
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
-        limits=Limits(max_message_bytes=100, max_receive=50, max_body_bytes=4096),
+    config = node_config(
+        fake, tmp_path, Limits(max_message_bytes=100, max_receive=50, max_body_bytes=4096)
     )
     async with TestClient(TestServer(make_app(fake, config))) as test_client:
         yield test_client
@@ -298,14 +285,7 @@ async def test_frames_over_the_body_limit_are_refused(client: Client) -> None:
 async def test_channels_per_node_and_frames_in_flight_are_bounded(
     fake: FakeRaft, tmp_path: Path
 ) -> None:
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
-        limits=Limits(max_channels=1),
-    )
+    config = node_config(fake, tmp_path, Limits(max_channels=1))
     app = make_app(fake, config)
     async with TestClient(TestServer(app)) as client:
         await _declare(client)

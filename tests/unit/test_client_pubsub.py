@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from cluster.settings import RaftSettings
 from node.app import make_app
 from node.config import NodeConfig
 from raftmq import (
@@ -28,7 +27,7 @@ from raftmq import (
     Routed,
     StreamNotFound,
 )
-from tests.unit.test_node_app import FakeRaft
+from tests.unit.test_node_app import FakeRaft, node_config
 
 
 class Server:
@@ -39,13 +38,7 @@ class Server:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        config = NodeConfig(
-            node_id="n1",
-            http_host="127.0.0.1",
-            http_port=0,
-            advertise_http="http://127.0.0.1:1",
-            raft=RaftSettings(raft_address=self.fake.self_raft, peers=(), data_dir=str(tmp_path)),
-        )
+        config = node_config(self.fake, tmp_path)
         self.runner, self.url = self._call(self._start(config))
 
     def _call(self, coro: Any) -> Any:

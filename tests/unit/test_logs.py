@@ -12,11 +12,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster.settings import RaftSettings
 from node import logs
 from node.app import make_app
-from node.config import NodeConfig, parse_config
-from tests.unit.test_node_app import FakeRaft
+from node.config import parse_config
+from tests.unit.test_node_app import FakeRaft, node_config
 
 
 def _record(message: str, *args: Any, exc: bool = False) -> logging.LogRecord:
@@ -136,13 +135,7 @@ async def _boom(request: web.Request) -> web.Response:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     raft = FakeRaft(tmp_path / "store")
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=raft.self_raft, peers=(), data_dir=str(tmp_path)),
-    )
+    config = node_config(raft, tmp_path)
     app = make_app(raft, config)
     app.router.add_get("/test/boom", _boom)
     async with TestClient(TestServer(app)) as test_client:

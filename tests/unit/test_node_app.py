@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cluster.errors import NoLeader, NotLeader
 from cluster.settings import RaftSettings
 from node.app import make_app
-from node.config import NodeConfig
+from node.config import Limits, NodeConfig
 from node.ports import ApplyListener
 from storage import Store
 
@@ -119,22 +119,21 @@ class FakeRaft:
         }
 
 
-@pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
-    raft = FakeRaft(tmp_path / "store")
-    yield raft
-    raft.store.close()
-
-
-@pytest.fixture
-async def client(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    config = NodeConfig(
+def node_config(raft: FakeRaft, data_dir: Path, limits: Limits | None = None) -> NodeConfig:
+    """The one-node config the handler tests run an app with."""
+    return NodeConfig(
         node_id="n1",
         http_host="127.0.0.1",
         http_port=0,
         advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
+        raft=RaftSettings(raft_address=raft.self_raft, peers=(), data_dir=str(data_dir)),
+        limits=limits or Limits(),
     )
+
+
+@pytest.fixture
+async def client(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    config = node_config(fake, tmp_path)
     async with TestClient(TestServer(make_app(fake, config))) as test_client:
         yield test_client
 

@@ -11,32 +11,21 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from cluster.settings import RaftSettings
 from node.app import BODY_BUDGET, make_app
-from node.config import Limits, NodeConfig, limit_flag, parse_config
-from tests.unit.test_node_app import FakeRaft
+from node.config import Limits, limit_flag, parse_config
+from tests.unit.test_node_app import FakeRaft, node_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NODE_ARGS = ["--id", "n1", "--data-dir", "d", "--raft", "127.0.0.1:1", "--http", "127.0.0.1:2"]
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[TestServer]:
-    raft = FakeRaft(tmp_path / "store")
+async def server(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[TestServer]:
     limits = Limits(max_body_bytes=4096, max_body_buffer_bytes=1000, body_timeout_s=0.3)
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=raft.self_raft, peers=(), data_dir=str(tmp_path)),
-        limits=limits,
-    )
-    test_server = TestServer(make_app(raft, config))
+    test_server = TestServer(make_app(fake, node_config(fake, tmp_path, limits)))
     await test_server.start_server(keepalive_timeout=0.3, lingering_time=0.1)
     yield test_server
     await test_server.close()
-    raft.store.close()
 
 
 async def _connect(server: TestServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -8,30 +8,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster.settings import RaftSettings
 from node.app import make_app
-from node.config import NodeConfig
-from tests.unit.test_node_app import FakeRaft
+from tests.unit.test_node_app import FakeRaft, node_config
 
 Client = TestClient[Any, Any]
 
 
 @pytest.fixture
-async def fake(tmp_path: Path) -> AsyncIterator[FakeRaft]:
-    raft = FakeRaft(tmp_path / "store")
-    yield raft
-    raft.store.close()
-
-
-@pytest.fixture
 async def client(fake: FakeRaft, tmp_path: Path) -> AsyncIterator[Client]:
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=fake.self_raft, peers=(), data_dir=str(tmp_path)),
-    )
+    config = node_config(fake, tmp_path)
     async with TestClient(TestServer(make_app(fake, config))) as test_client:
         yield test_client
 

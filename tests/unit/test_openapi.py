@@ -8,13 +8,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from cluster.settings import RaftSettings
 from node.app import make_app
-from node.config import Limits, NodeConfig
+from node.config import Limits
 from node.errors import ApiError
 from node.openapi import OPENAPI_PATH, build_openapi
 from node.validation import check_name
-from tests.unit.test_node_app import FakeRaft
+from tests.unit.test_node_app import FakeRaft, node_config
 
 _METHODS = {"get", "put", "post", "delete", "patch"}
 
@@ -22,13 +21,7 @@ _METHODS = {"get", "put", "post", "delete", "patch"}
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[web.Application]:
     raft = FakeRaft(tmp_path / "store")
-    config = NodeConfig(
-        node_id="n1",
-        http_host="127.0.0.1",
-        http_port=0,
-        advertise_http="http://127.0.0.1:1",
-        raft=RaftSettings(raft_address=raft.self_raft, peers=(), data_dir=str(tmp_path)),
-    )
+    config = node_config(raft, tmp_path)
     yield make_app(raft, config)
     raft.store.close()
 
