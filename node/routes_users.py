@@ -16,6 +16,8 @@ from node.validation import check_name, reject_unknown
 from storage import users
 from storage.errors import InvalidCommand
 
+TOKEN_PREFIX = "rmq_"
+
 
 def _user(request: web.Request) -> str:
     return check_name(request.match_info["user"], "user")
@@ -45,7 +47,9 @@ async def add_user(request: web.Request) -> web.Response:
     if bootstrap and not admin:
         raise bad_request("the first user must be an admin (no user exists yet)")
     request.app[RAFT].require_leader()
-    token = secrets.token_urlsafe(32)
+    # The prefix makes tokens recognisable (secret scanners) and keeps one from
+    # starting with "-", which `raftmq ctl --token TOKEN` would parse as an option.
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     result = await _commit(
         request,
         {

@@ -66,6 +66,8 @@ async def _add(client: Client, name: str, token: str | None, admin: bool = False
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert body["name"] == name and body["admin"] is admin
+    # Never "-..." (an option to `raftmq ctl --token`), whatever the random part.
+    assert body["token"].startswith("rmq_")
     return str(body["token"])
 
 
