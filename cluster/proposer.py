@@ -4,6 +4,11 @@ Commands proposed during one event-loop iteration are coalesced into a single
 `apply_batch` call, so one journal fsync and one network round carry all of
 them. pysyncobj calls back on its tick thread; results cross to the loop with
 `call_soon_threadsafe`, never blocking it.
+
+The node may add companions to an entry as it is proposed (`Proposer.companions`):
+commands nobody awaits through `propose`, each with the future its result goes
+to. node/ uses this to lease a message to a waiting consumer in the same entry
+that publishes it.
 """
 
 import asyncio
@@ -20,6 +25,9 @@ from cluster.errors import NoLeader, Overloaded, UnknownOutcome
 logger = logging.getLogger(__name__)
 
 Submit = Callable[[bytes, Callable[[Any, int], None]], None]
+Pending = tuple[dict[str, Any], "asyncio.Future[Any]"]
+# (commands of an entry being proposed, room left in it) -> commands to add to it.
+Companions = Callable[[list[dict[str, Any]], int], list[Pending]]
 
 _RETRYABLE_BEFORE_APPEND = {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL}
 
@@ -44,11 +52,13 @@ class Proposer:
         self._timeout_s = timeout_s
         self._max_per_entry = max_per_entry
         self._max_pending = max_pending
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._pending: list[Pending] = []
         self._waiting = 0
         self._flush_scheduled = False
+        self.companions: Companions | None = None
         self.entries_proposed = 0
         self.commands_proposed = 0
+        self.companions_proposed = 0
         # Non-cumulative counts per bound of ENTRY_SIZE_BOUNDS, plus one for larger.
         self.entry_size_counts = [0] * (len(ENTRY_SIZE_BOUNDS) + 1)
 
@@ -83,9 +93,15 @@ class Proposer:
             del self._pending[: self._max_per_entry]
             self._submit_batch(batch)
 
-    def _submit_batch(
-        self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]
-    ) -> None:
+    def _submit_batch(self, batch: list[Pending]) -> None:
+        if self.companions is not None:
+            room = self._max_per_entry - len(batch)
+            extra = self.companions([command for command, _ in batch], room)
+            for _, future in extra:
+                # Nobody awaits these through propose(): their timeout is set here.
+                self._loop.call_later(self._timeout_s, self._expire, future)
+            self.companions_proposed += len(extra)
+            batch = batch + extra
         futures = [future for _, future in batch]
         payload = orjson.dumps([command for command, _ in batch])
 
@@ -101,9 +117,13 @@ class Proposer:
             logger.exception("submitting a Raft entry failed")
             self._resolve(futures, None, -1, exc)
 
+    def _expire(self, future: "asyncio.Future[Any]") -> None:
+        if not future.done():
+            future.set_exception(UnknownOutcome(f"no Raft outcome within {self._timeout_s:g} s"))
+
     @staticmethod
     def _resolve(
-        futures: list[asyncio.Future[dict[str, Any]]],
+        futures: list["asyncio.Future[Any]"],
         result: Any,
         error: int,
         exc: BaseException | None = None,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pysyncobj import FAIL_REASON
 
 from cluster.errors import MembershipRefused, NoLeader, NotLeader, UnknownOutcome
-from cluster.proposer import Proposer
+from cluster.proposer import Companions, Proposer
 from cluster.settings import RaftSettings
 from cluster.snapshot import snapshot_applied_index
 from cluster.state_machine import ReplicatedBroker
@@ -40,6 +40,7 @@ class RaftNode:
         self._broker = ReplicatedBroker(settings, self.holder, self._applied)
         self._broker.addOnTickCallback(self._run_tick_calls)
         self._proposer: Proposer | None = None
+        self._companions: Companions | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handing_over = False
 
@@ -53,6 +54,13 @@ class RaftNode:
             max_per_entry=self.settings.max_commands_per_entry,
             max_pending=self.settings.max_pending_commands,
         )
+        self._proposer.companions = self._companions
+
+    def set_companions(self, companions: Companions) -> None:
+        """Commands to add to each entry as it is proposed (see cluster.proposer)."""
+        self._companions = companions
+        if self._proposer is not None:
+            self._proposer.companions = companions
 
     def add_apply_listener(
         self, listener: Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]
@@ -283,6 +291,7 @@ class RaftNode:
             "leader_changes": self._broker.leader_changes,
             "entries_proposed": proposer.entries_proposed if proposer else 0,
             "commands_proposed": proposer.commands_proposed if proposer else 0,
+            "companions_proposed": proposer.companions_proposed if proposer else 0,
             "entry_size_counts": list(proposer.entry_size_counts) if proposer else [],
             "waiting_proposals": proposer.waiting if proposer else 0,
         }

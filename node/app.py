@@ -2,12 +2,10 @@
 
 import asyncio
 import contextlib
-import functools
 import importlib.resources
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,8 +15,10 @@ from aiohttp import web
 from cluster.errors import ClusterError, NotLeader
 from node import auth, logs, membership, openapi
 from node.body import BodyBudget, read_body
+from node.clock import now_ms
 from node.config import NodeConfig
-from node.errors import ApiError, bad_request, from_cluster_error, from_result
+from node.delivery import lease_or_wait
+from node.errors import ApiError, bad_request, from_cluster_error, from_result, ok_or_raise
 from node.metrics import Metrics
 from node.ports import RaftPort
 from node.validation import (
@@ -27,7 +27,6 @@ from node.validation import (
     publish_command,
     queue_config,
     receipts_command,
-    receive_command,
     receive_params,
 )
 from node.waiters import QueueWaiters
@@ -49,10 +48,6 @@ STOP = web.AppKey("stop", asyncio.Event)
 _WAKING_OPS = {"publish", "nack", "delete_queue", "purge_queue", "declare_queue"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def json_response(
@@ -143,13 +138,6 @@ async def _commit(request: web.Request, command: dict[str, Any]) -> dict[str, An
     return await request.app[RAFT].propose_as_leader(command)
 
 
-def ok_or_raise(result: dict[str, Any], queue: str, ok: str = "ok") -> dict[str, Any]:
-    """The storage result when its status is `ok`, else the matching ApiError."""
-    if result.get("status") != ok:
-        raise from_result(result, queue)
-    return result
-
-
 # -- queues -------------------------------------------------------------------
 
 
@@ -232,41 +220,16 @@ async def receive(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     raft = request.app[RAFT]
     raft.require_leader()
-    waiters = request.app[WAITERS]
     count, wait_s, lease_ms = receive_params(await read_json(request), request.app[CONFIG].limits)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        event = waiters.event(queue)
-        now = now_ms()
-        info = raft.read(functools.partial(deliverable_state, queue=queue, now=now))
-        if info is None:
-            raise from_result({"status": "not_found"}, queue)
-        deliverable, visibility_ms, next_due = info
         remaining = deadline - loop.time()
-        if deliverable or remaining <= 0:
-            command = receive_command(queue, count, lease_ms or visibility_ms, now)
-            result = ok_or_raise(await raft.propose_as_leader(command), queue)
-            if result["messages"] or remaining <= 0:
-                return json_response({"messages": result["messages"]})
-        if waiters.full:
-            raise ApiError(
-                503, "too_many_waiters", "too many long polls on this node", {"Retry-After": "1"}
-            )
-        timeout = min(remaining, 1.0)
-        if next_due is not None:
-            timeout = min(timeout, max(0.001, (next_due - now) / 1000))
-        await waiters.wait(event, timeout)
-        raft.require_leader()
-
-
-def deliverable_state(store: Store, queue: str, now: int) -> tuple[bool, int, int | None] | None:
-    """(anything deliverable now, visibility timeout ms, next due time) of a queue, or None."""
-    info = store.get_queue(queue, now)
-    if info is None:
-        return None
-    visibility_ms = int(info["config"]["visibility_timeout_ms"])
-    return store.has_deliverable(queue, now), visibility_ms, store.next_due_ms(queue)
+        lease = await lease_or_wait(
+            raft, request.app[WAITERS], queue, count, lease_ms, min(max(remaining, 0.0), 1.0)
+        )
+        if lease.messages or remaining <= 0:
+            return json_response({"messages": lease.messages})
 
 
 async def ack(request: web.Request) -> web.Response:
@@ -492,6 +455,7 @@ async def _background(app: web.Application) -> Any:
     raft = app[RAFT]
     raft.attach_loop(loop)
     raft.add_apply_listener(_wake_listener(app, loop))
+    raft.set_companions(app[WAITERS].companions)
     task = asyncio.create_task(_registration(app))
     yield
     task.cancel()
@@ -501,7 +465,8 @@ async def _background(app: web.Application) -> Any:
 
 
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
-    metrics = Metrics(raft, config)
+    waiters = QueueWaiters(config.limits.max_waiters)
+    metrics = Metrics(raft, config, waiters)
     authenticate = auth.middleware(
         lambda fn: raft.read(lambda store: store.view(fn)), config.metrics_auth, raft.is_leader
     )
@@ -516,7 +481,7 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     )
     app[RAFT] = raft
     app[CONFIG] = config
-    app[WAITERS] = QueueWaiters(config.limits.max_waiters)
+    app[WAITERS] = waiters
     app[BODY_BUDGET] = BodyBudget(config.limits.max_body_buffer_bytes)
     app[OPEN_CHANNELS] = set()
     app[MEMBERSHIP_LOCK] = asyncio.Lock()

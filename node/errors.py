@@ -72,3 +72,10 @@ def from_result(result: dict[str, Any], queue: str) -> ApiError:
     else:
         message = str(result.get("message") or f"request on queue {queue!r} failed")
     return ApiError(status, code, message)
+
+
+def ok_or_raise(result: dict[str, Any], queue: str, ok: str = "ok") -> dict[str, Any]:
+    """The storage result when its status is `ok`, else the matching ApiError."""
+    if result.get("status") != ok:
+        raise from_result(result, queue)
+    return result

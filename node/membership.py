@@ -6,13 +6,13 @@ import hmac
 import logging
 import os
 import ssl
-import time
 from typing import Any
 
 import aiohttp
 import orjson
 
 from cluster.errors import NotLeader
+from node.clock import now_ms
 from node.errors import ApiError, bad_request
 from node.ports import RaftPort
 from node.validation import NAME_RE, expect_object, reject_unknown
@@ -92,10 +92,6 @@ def find_member(raft: RaftPort, key: str) -> str | None:
         if info.get("id") == key and address in members:
             return address
     return None
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def add_member(

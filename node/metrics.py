@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from cluster.proposer import ENTRY_SIZE_BOUNDS
 from node.config import NodeConfig
 from node.ports import RaftPort
+from node.waiters import QueueWaiters
 
 _ROLES = ("follower", "candidate", "leader")
 _LATENCY_BUCKETS_S = (
@@ -65,9 +66,10 @@ def _file_size(path: str) -> int:
 class BrokerCollector(Collector):
     """Reads queue and Raft state of this node at each scrape."""
 
-    def __init__(self, raft: RaftPort, config: NodeConfig) -> None:
+    def __init__(self, raft: RaftPort, config: NodeConfig, waiters: QueueWaiters) -> None:
         self._raft = raft
         self._config = config
+        self._waiters = waiters
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queues()
@@ -130,6 +132,19 @@ class BrokerCollector(Collector):
         )
         leader_changes.add_metric([], counters["leader_changes"])
         yield leader_changes
+        riding = CounterMetricFamily(
+            "raftmq_leases_with_publish",
+            "Receives of waiting consumers proposed in the same Raft entry as the publish "
+            "that fed them (one round instead of two).",
+        )
+        riding.add_metric([], counters["companions_proposed"])
+        yield riding
+        long_polls = GaugeMetricFamily(
+            "raftmq_long_polls_waiting",
+            "Receives, stream reads and push consumers waiting for messages on this node.",
+        )
+        long_polls.add_metric([], self._waiters.waiting)
+        yield long_polls
         waiting = GaugeMetricFamily(
             "raftmq_proposals_waiting", "Commands proposed and not answered yet."
         )
@@ -156,10 +171,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Metrics:
     """The registry of one node, its HTTP middleware and the /metrics handler."""
 
-    def __init__(self, raft: RaftPort, config: NodeConfig) -> None:
+    def __init__(self, raft: RaftPort, config: NodeConfig, waiters: QueueWaiters) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.registry.register(BrokerCollector(raft, config))
+        self.registry.register(BrokerCollector(raft, config, waiters))
         self.requests = Histogram(
             "raftmq_http_request_duration_seconds",
             "HTTP request latency by route and status.",

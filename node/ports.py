@@ -5,6 +5,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from cluster.proposer import Companions
 from storage import Store
 
 T = TypeVar("T")
@@ -16,6 +17,8 @@ class RaftPort(Protocol):
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None: ...
 
     def add_apply_listener(self, listener: ApplyListener) -> None: ...
+
+    def set_companions(self, companions: Companions) -> None: ...
 
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]: ...
 

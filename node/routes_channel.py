@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -44,16 +43,14 @@ from node.app import (
     RAFT,
     STOP,
     WAITERS,
-    deliverable_state,
-    now_ms,
-    ok_or_raise,
 )
-from node.errors import ApiError, bad_request, from_cluster_error, from_result
+from node.clock import now_ms
+from node.delivery import TooManyWaiters, lease_or_wait
+from node.errors import ApiError, bad_request, from_cluster_error, from_result, ok_or_raise
 from node.validation import (
     check_name,
     publish_command,
     receipts_command,
-    receive_command,
     receive_params,
     reject_unknown,
 )
@@ -71,6 +68,8 @@ CLOSE_NOT_LEADER: Final = 4001
 NOT_LEADER: Final = b"not_leader"
 # Wait between tries after an error a later try may not have (unknown_outcome...).
 _PUMP_RETRY_S: Final = 0.1
+# Longest wait of a push consumer's round before it looks again.
+_PUMP_WAIT_S: Final = 1.0
 
 _ROUTES: Final = {
     "publish": ("POST", "/v1/queues/{queue}/messages"),
@@ -324,34 +323,22 @@ class _Channel:
     async def lease(self, sub: _Sub, credit: int) -> None:
         """One round: lease and deliver, or wait until the queue may have something."""
         loop = asyncio.get_running_loop()
-        event = self.waiters.event(sub.queue)
-        now = now_ms()
-        info = self.raft.read(functools.partial(deliverable_state, queue=sub.queue, now=now))
-        if info is None:
-            raise from_result({"status": "not_found"}, sub.queue)
-        deliverable, visibility_ms, next_due = info
-        if deliverable:
-            lease_ms = sub.lease_ms or visibility_ms
-            command = receive_command(sub.queue, credit, lease_ms, now)
+        try:
             # On a ClusterError the lease may or may not have happened: its messages
             # come back on expiry (the pump retries).
-            result = await self.raft.propose_as_leader(command)
-            messages = ok_or_raise(result, sub.queue)["messages"]
-            if messages:
-                # Counted from before the proposal: the lease ends no later than this.
-                end = loop.time() + lease_ms / 1000 - max(0, now_ms() - now) / 1000
-                for message in messages:
-                    sub.leased[message["receipt"]] = end
-                await self.send({"op": "deliver", "sub": sub.name, "messages": messages})
-                return
-        timeout = 1.0
-        if next_due is not None:
-            timeout = min(timeout, max(0.001, (next_due - now) / 1000))
-        if self.waiters.full:
-            await asyncio.sleep(timeout)
-        else:
-            await self.waiters.wait(event, timeout)
-        self.raft.require_leader()
+            lease = await lease_or_wait(
+                self.raft, self.waiters, sub.queue, credit, sub.lease_ms, _PUMP_WAIT_S
+            )
+        except TooManyWaiters:
+            await asyncio.sleep(_PUMP_WAIT_S)
+            return
+        if lease.messages:
+            # Counted from the receive's clock: the lease ends no later than this.
+            elapsed_s = max(0, now_ms() - lease.leased_at_ms) / 1000
+            end = loop.time() + lease.lease_ms / 1000 - elapsed_s
+            for message in lease.messages:
+                sub.leased[message["receipt"]] = end
+            await self.send({"op": "deliver", "sub": sub.name, "messages": lease.messages})
 
 
 async def channel(request: web.Request) -> web.StreamResponse:

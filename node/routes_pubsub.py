@@ -16,7 +16,8 @@ from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
-from node.app import CONFIG, RAFT, WAITERS, json_response, now_ms, read_json
+from node.app import CONFIG, RAFT, WAITERS, json_response, read_json
+from node.clock import now_ms
 from node.errors import ApiError, bad_request, from_result
 from node.ports import RaftPort
 from node.validation import check_name, publish_command, reject_unknown

@@ -9,8 +9,9 @@ import secrets
 
 from aiohttp import web
 
-from node.app import RAFT, json_response, now_ms, read_json
+from node.app import RAFT, json_response, read_json
 from node.auth import USER, token_sha256
+from node.clock import now_ms
 from node.errors import bad_request, from_result
 from node.validation import check_name, reject_unknown
 from storage import users

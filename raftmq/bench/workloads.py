@@ -323,11 +323,14 @@ async def w3(peer: RaftMQ, p: Params, progress: Progress | None = None) -> Resul
         await asyncio.sleep(1.0)  # let the consumer's long poll settle
         sem = asyncio.Semaphore(p.inflight)
         errors = 0
+        confirm_ms: list[float] = []
 
         async def one(i: int) -> None:
             nonlocal errors
             try:
+                sent = time.monotonic_ns()
                 await peer.publish(body(i, p.size))
+                confirm_ms.append((time.monotonic_ns() - sent) / 1e6)
             except Exception as e:
                 errors += 1
                 if errors <= 3:
@@ -354,6 +357,8 @@ async def w3(peer: RaftMQ, p: Params, progress: Progress | None = None) -> Resul
             await cons.wait()
     res: Result = json.loads(out.decode().strip().splitlines()[-1])
     res.update({"sent": n, "errors": errors, "rate_target": p.rate, "rate_achieved": n / send_dt})
+    # Where the end-to-end time goes: the publish's own confirm, the rest is delivery.
+    res.update({"confirm_p50_ms": pct(confirm_ms, 50), "confirm_p99_ms": pct(confirm_ms, 99)})
     return res
 
 

@@ -329,3 +329,16 @@ class LocalTestCluster:
             text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
             parts.append(f"===== {node.node_id} ({node.raft}, {node.url}) =====\n{text[-20000:]}")
         return "\n".join(parts)
+
+
+def scrape(url: str) -> dict[str, float]:
+    """`name{labels}` -> value for every sample in the exposition."""
+    resp = request("GET", url + "/metrics")
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in str(resp.body).splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples

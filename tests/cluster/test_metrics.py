@@ -3,20 +3,7 @@
 import re
 
 from raftmq import Client
-from tests.cluster.harness import LocalTestCluster, request, wait_for
-
-
-def scrape(url: str) -> dict[str, float]:
-    """`name{labels}` -> value for every sample in the exposition."""
-    resp = request("GET", url + "/metrics")
-    assert resp.status == 200
-    assert resp.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for line in str(resp.body).splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            samples[key] = float(value)
-    return samples
+from tests.cluster.harness import LocalTestCluster, scrape, wait_for
 
 
 def test_every_node_exposes_queue_raft_http_and_process_metrics(cluster: LocalTestCluster) -> None:

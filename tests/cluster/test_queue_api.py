@@ -12,7 +12,14 @@ import orjson
 import pytest
 
 from raftmq import Client
-from tests.cluster.harness import LocalTestCluster, NodeProc, Response, request
+from tests.cluster.harness import (
+    LocalTestCluster,
+    NodeProc,
+    Response,
+    request,
+    scrape,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +294,7 @@ def test_ttl_delay_and_overflow(leader: NodeProc, qname: str) -> None:
 
 
 def test_long_poll_is_woken_by_a_publish(leader: NodeProc, qname: str) -> None:
+    """The waiting consumer is leased the message in the publish's own Raft entry."""
     assert call(leader, "PUT", f"/v1/queues/{qname}", {}).status == 201
     result: dict[str, Any] = {}
 
@@ -295,13 +303,15 @@ def test_long_poll_is_woken_by_a_publish(leader: NodeProc, qname: str) -> None:
         result["messages"] = receive(leader, qname, wait=15)
         result["elapsed"] = time.monotonic() - started
 
+    riding_before = scrape(leader.url)["raftmq_leases_with_publish_total"]
     consumer = threading.Thread(target=waiting_consumer)
     consumer.start()
-    time.sleep(0.3)  # let the consumer park in its long poll before publishing
+    wait_for(lambda: scrape(leader.url)["raftmq_long_polls_waiting"] >= 1, 10, "the consumer waits")
     publish(leader, qname, "wake up")
     consumer.join(timeout=20)
     assert [m["body"] for m in result["messages"]] == ["wake up"]
     assert result["elapsed"] < 15
+    assert scrape(leader.url)["raftmq_leases_with_publish_total"] == riding_before + 1
 
 
 def test_purge_and_delete(leader: NodeProc, qname: str) -> None:

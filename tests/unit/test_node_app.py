@@ -11,6 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cluster.errors import NoLeader, NotLeader
+from cluster.proposer import Companions
 from cluster.settings import RaftSettings
 from node.app import make_app
 from node.config import Limits, NodeConfig
@@ -30,6 +31,8 @@ class FakeRaft:
         self.nodes: dict[str, str] = {}
         self._index = itertools.count(1)
         self._listeners: list[ApplyListener] = []
+        self._companions: Companions | None = None
+        self.entries: list[list[dict[str, Any]]] = []  # the commands of each entry applied
         self.membership_gate = asyncio.Event()
         self.membership_gate.set()
         self.added: list[str] = []
@@ -40,11 +43,20 @@ class FakeRaft:
     def add_apply_listener(self, listener: ApplyListener) -> None:
         self._listeners.append(listener)
 
+    def set_companions(self, companions: Companions) -> None:
+        self._companions = companions
+
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
-        results = self.store.apply(next(self._index), [command])
+        """Applies `command` and its companions as one entry, as the proposer does."""
+        extra = [] if self._companions is None else self._companions([command], 100)
+        commands = [command] + [companion for companion, _ in extra]
+        results = self.store.apply(next(self._index), commands)
         assert results is not None
+        self.entries.append(commands)
         for listener in self._listeners:
-            listener([command], results)
+            listener(commands, results)
+        for (_, future), result in zip(extra, results[1:], strict=True):
+            future.set_result(result)
         return results[0]
 
     async def propose_as_leader(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +94,7 @@ class FakeRaft:
             "leader_changes": 1,
             "entries_proposed": 0,
             "commands_proposed": 0,
+            "companions_proposed": 0,
             "entry_size_counts": [],
             "waiting_proposals": 0,
         }

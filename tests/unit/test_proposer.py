@@ -108,3 +108,38 @@ async def test_backpressure_when_too_many_are_waiting() -> None:
         await proposer.propose({})
     raft.entries[0][1]([{}, {}], FAIL_REASON.SUCCESS)
     await asyncio.gather(*tasks)
+
+
+async def test_companions_ride_in_the_entry_and_get_their_results() -> None:
+    raft = FakeRaft()
+    proposer = make(raft, max_per_entry=3)
+    loop = asyncio.get_running_loop()
+    companion: asyncio.Future[Any] = loop.create_future()
+    seen: list[tuple[list[dict[str, Any]], int]] = []
+
+    def companions(commands: list[dict[str, Any]], room: int) -> list[Any]:
+        seen.append((commands, room))
+        return [({"n": "companion"}, companion)] if len(seen) == 1 else []
+
+    proposer.companions = companions
+    tasks = [asyncio.create_task(proposer.propose({"n": i})) for i in range(2)]
+    await wait_entries(raft, 1)
+    commands, callback = raft.entries[0]
+    assert seen == [([{"n": 0}, {"n": 1}], 1)]
+    assert commands == [{"n": 0}, {"n": 1}, {"n": "companion"}]
+    callback([{"r": 0}, {"r": 1}, {"r": "c"}], FAIL_REASON.SUCCESS)
+    assert await asyncio.gather(*tasks) == [{"r": 0}, {"r": 1}]
+    assert await companion == {"r": "c"}
+    assert proposer.companions_proposed == 1
+
+
+async def test_a_companion_without_an_outcome_times_out() -> None:
+    raft = FakeRaft()
+    proposer = make(raft, timeout_s=0.05)
+    companion: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    proposer.companions = lambda commands, room: [({"n": "companion"}, companion)]
+    task = asyncio.create_task(proposer.propose({"n": 0}))
+    with pytest.raises(UnknownOutcome):
+        await task
+    with pytest.raises(UnknownOutcome):
+        await companion
