@@ -21,6 +21,7 @@ from node.delivery import lease_or_wait
 from node.errors import ApiError, bad_request, from_cluster_error, from_result, ok_or_raise
 from node.metrics import Metrics
 from node.ports import RaftPort
+from node.reaper import reap_forever
 from node.validation import (
     check_name,
     expect_object,
@@ -456,12 +457,14 @@ async def _background(app: web.Application) -> Any:
     raft.attach_loop(loop)
     raft.add_apply_listener(_wake_listener(app, loop))
     raft.set_companions(app[WAITERS].companions)
-    task = asyncio.create_task(_registration(app))
+    tasks = [asyncio.create_task(_registration(app)), asyncio.create_task(reap_forever(raft))]
     yield
-    task.cancel()
+    for task in tasks:
+        task.cancel()
     app[WAITERS].notify_all()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:

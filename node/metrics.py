@@ -78,6 +78,12 @@ class BrokerCollector(Collector):
         lmdb = GaugeMetricFamily("raftmq_lmdb_file_bytes", "Size of the LMDB data file.")
         lmdb.add_metric([], _file_size(os.path.join(data_dir, "state", "data.mdb")))
         yield lmdb
+        buried = GaugeMetricFamily(
+            "raftmq_deleted_messages_pending",
+            "1 while messages of deleted or purged queues are still being removed here.",
+        )
+        buried.add_metric([], int(self._raft.read(lambda store: store.has_buried())))
+        yield buried
         journal = GaugeMetricFamily("raftmq_raft_journal_bytes", "Size of the Raft journal file.")
         journal.add_metric([], _file_size(os.path.join(data_dir, "raft", "journal.bin")))
         yield journal

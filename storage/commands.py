@@ -91,6 +91,15 @@ def purge_queue(m: Mutation, cmd: Command) -> Result:
     return {"status": "purged", "purged": m.purge(q)}
 
 
+def reap(m: Mutation, cmd: Command) -> Result:
+    """Remove up to max_keys keys that deleted or purged queues left (Mutation.reap)."""
+    limit = _int(cmd, "max_keys")
+    if limit < 1:
+        raise InvalidCommand("max_keys must be at least 1")
+    removed, more = m.reap(limit)
+    return {"status": "ok", "removed": removed, "more": more}
+
+
 def publish(m: Mutation, cmd: Command) -> Result:
     """Enqueue the messages whose id was not published within the dedup window.
 
@@ -253,6 +262,7 @@ HANDLERS: Final[dict[str, Callable[[Mutation, Command], Result]]] = {
     "declare_queue": declare_queue,
     "delete_queue": delete_queue,
     "purge_queue": purge_queue,
+    "reap": reap,
     "publish": publish,
     "receive": receive,
     "ack": ack,

@@ -8,6 +8,13 @@ state always encodes to the same bytes on every replica.
     qkey  = queue name (UTF-8) + b"\\x00"
             Names match [A-Za-z0-9._-]{1,200} and never hold NUL, so no queue's
             qkey is a prefix of another's: a range scan over qkey sees one queue.
+    gkey  = queue name (UTF-8) + b"\\x01" + generation u64: the prefix of one
+            generation of a queue's messages ("mgen") or dedup entries ("dgen").
+            Generation 0 means qkey (queues declared before generations). A
+            generation is never reused, so a deleted or purged generation can
+            be removed a bounded batch at a time (graveyard) while the name
+            lives on under a new one; b"\\x00" and b"\\x01" never occur in
+            names, so no prefix of one queue or generation covers another's.
     idkey = message id (UTF-8) when it is at most 255 bytes, else
             b"\\xff" + sha256(id UTF-8). 0xFF never occurs in UTF-8, so the two
             forms cannot collide; the key stays under LMDB's 511-byte limit.
@@ -16,12 +23,17 @@ meta
     b"applied_index"             -> u64  last Raft index applied (absent = 0)
     b"last_now"                  -> u64  highest now_ms applied; a command's
                                          effective now is max(now_ms, last_now)
+    b"next_generation"           -> u64  the next queue generation (absent = 1)
 queues
     name (UTF-8)                 -> JSON {"config": {...}, "next_seq": int,
+                                          "mgen": int, "dgen": int (absent = 0),
                                           "counters": {"total", "ready_count",
                                           "delayed_count", "leased_count",
                                           "published_total", "delivered_total",
                                           "acked_total", "dead_lettered_total"}}
+In messages, ready, timers (under mgen) and dedup, dedup_age (under dgen), "qkey"
+stands for the queue's generation prefix: gkey, or qkey for generation 0.
+
 messages
     qkey + seq u64               -> JSON {"id", "body", "headers", "encoding"
                                           (only "base64"), "published_at",
@@ -38,6 +50,12 @@ dedup
     qkey + idkey                 -> seq u64 + published_at u64
 dedup_age
     qkey + published_at u64 + idkey -> b""   same entries, oldest first
+graveyard
+    generation u64 + kind u8 + queue name (UTF-8) -> b""
+                                         a generation of a deleted or purged queue
+                                         whose keys are still to be removed: kind 0
+                                         its messages, ready and timers, kind 1 its
+                                         dedup and dedup_age (removed by "reap")
 nodes
     raft address (UTF-8)         -> JSON {"id", "http", "raft", "registered_at"}
 
@@ -112,6 +130,7 @@ STREAM_DEDUP_AGE: Final = b"stream_dedup_age"
 GROUPS: Final = b"groups"
 USERS: Final = b"users"
 USER_TOKENS: Final = b"user_tokens"
+GRAVEYARD: Final = b"graveyard"
 DB_NAMES: Final = (
     META,
     QUEUES,
@@ -131,11 +150,16 @@ DB_NAMES: Final = (
     GROUPS,
     USERS,
     USER_TOKENS,
+    GRAVEYARD,
 )
 
 APPLIED_INDEX: Final = b"applied_index"
 LAST_NOW: Final = b"last_now"
 EXCHANGE_VERSION: Final = b"exchange_version"
+NEXT_GENERATION: Final = b"next_generation"
+
+BURIED_MESSAGES: Final = 0
+BURIED_DEDUP: Final = 1
 
 TIMER_DELAYED: Final = b"d"
 TIMER_LEASE: Final = b"l"
@@ -156,6 +180,22 @@ def is_queue_name(name: object) -> TypeGuard[str]:
 
 def qkey(name: str) -> bytes:
     return name.encode() + b"\x00"
+
+
+def generation_prefix(name: str, generation: int) -> bytes:
+    """The key prefix of one generation of a queue (qkey for generation 0)."""
+    if generation == 0:
+        return qkey(name)
+    return name.encode() + b"\x01" + U64.pack(generation)
+
+
+def graveyard_key(generation: int, kind: int, name: str) -> bytes:
+    return U64.pack(generation) + bytes((kind,)) + name.encode()
+
+
+def split_graveyard_key(key: bytes) -> tuple[int, int, str]:
+    """(generation, kind, queue name) of a graveyard key."""
+    return U64.unpack_from(key)[0], key[U64.size], key[U64.size + 1 :].decode()
 
 
 def idkey(message_id: str) -> bytes:

@@ -9,6 +9,7 @@ with the message record.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -67,6 +68,7 @@ class Dbs(NamedTuple):
     groups: lmdb._Database
     users: lmdb._Database
     user_tokens: lmdb._Database
+    graveyard: lmdb._Database
 
 
 @dataclass
@@ -74,24 +76,46 @@ class QueueState:
     """A queue record held in memory for the length of one command."""
 
     name: str
-    qkey: bytes
     config: dict[str, Any]
     next_seq: int
     counters: dict[str, int]
+    # Generations of the queue's messages and of its dedup entries (see storage.keys).
+    mgen: int
+    dgen: int
     dirty: bool = False
 
     @classmethod
     def from_record(cls, name: str, record: dict[str, Any]) -> QueueState:
         return cls(
             name=name,
-            qkey=keys.qkey(name),
             config=record["config"],
             next_seq=record["next_seq"],
             counters=record["counters"],
+            mgen=record.get("mgen", 0),
+            dgen=record.get("dgen", 0),
         )
 
     def record(self) -> dict[str, Any]:
-        return {"config": self.config, "next_seq": self.next_seq, "counters": self.counters}
+        record = {"config": self.config, "next_seq": self.next_seq, "counters": self.counters}
+        if self.mgen:
+            record["mgen"] = self.mgen
+        if self.dgen:
+            record["dgen"] = self.dgen
+        return record
+
+    # Prefixes of the queue's messages, ready and timers keys, and of its dedup keys.
+    qkey: bytes = dataclasses.field(init=False)
+    dkey: bytes = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.qkey = keys.generation_prefix(self.name, self.mgen)
+        self.dkey = keys.generation_prefix(self.name, self.dgen)
+
+    def renew_messages(self, generation: int) -> None:
+        """Continue the queue's messages under a new, empty generation."""
+        self.mgen = generation
+        self.qkey = keys.generation_prefix(self.name, generation)
+        self.dirty = True
 
     def take_seq(self) -> int:
         """The seq of a new message: seqs only grow, so seq order is publish order."""
@@ -137,33 +161,79 @@ class Mutation:
         return self._queues[name]
 
     def create_queue(self, name: str, config: dict[str, Any]) -> QueueState:
+        generation = self._next_generation()
         state = QueueState(
             name=name,
-            qkey=keys.qkey(name),
             config=config,
             next_seq=1,
             counters=dict.fromkeys(COUNTERS, 0),
+            mgen=generation,
+            dgen=generation,
             dirty=True,
         )
         self._queues[name] = state
         return state
 
     def delete_queue(self, q: QueueState) -> None:
-        self.purge(q)
-        self._delete_prefix(self.dbs.dedup, q.qkey)
-        self._delete_prefix(self.dbs.dedup_age, q.qkey)
+        """Remove the queue at once; its keys go to the graveyard (see `reap`)."""
+        self._bury(q.name, q.mgen, keys.BURIED_MESSAGES)
+        self._bury(q.name, q.dgen, keys.BURIED_DEDUP)
         self.txn.delete(q.name.encode(), db=self.dbs.queues)
         self._queues[q.name] = None
 
     def purge(self, q: QueueState) -> int:
-        """Drop every message of `q` whatever its state; returns how many."""
+        """Drop every message of `q` whatever its state; returns how many.
+
+        The messages' generation goes to the graveyard and the queue continues
+        under a new one, so a purge costs the same for ten messages or ten
+        million. Dedup entries stay: a purged message's id is still a duplicate.
+        """
         purged = q.total
-        self._delete_prefix(self.dbs.messages, q.qkey)
-        self._delete_prefix(self.dbs.ready, q.qkey)
-        self._delete_prefix(self.dbs.timers, q.qkey)
+        self._bury(q.name, q.mgen, keys.BURIED_MESSAGES)
+        q.renew_messages(self._next_generation())
         for counter in ("total", *_STATE_COUNTER.values()):
             q.add(counter, -q.counters[counter])
         return purged
+
+    def _next_generation(self) -> int:
+        raw = self.txn.get(keys.NEXT_GENERATION, db=self.dbs.meta)
+        generation = 1 if raw is None else int(keys.U64.unpack(raw)[0])
+        self.txn.put(keys.NEXT_GENERATION, keys.U64.pack(generation + 1), db=self.dbs.meta)
+        return generation
+
+    def _buried_dbs(self, kind: int) -> tuple[lmdb._Database, ...]:
+        if kind == keys.BURIED_MESSAGES:
+            return (self.dbs.messages, self.dbs.ready, self.dbs.timers)
+        return (self.dbs.dedup, self.dbs.dedup_age)
+
+    def _bury(self, name: str, generation: int, kind: int) -> None:
+        """Leave a generation's keys to `reap`, unless it has none."""
+        prefix = keys.generation_prefix(name, generation)
+        if any(self._has_prefix(db, prefix) for db in self._buried_dbs(kind)):
+            grave = keys.graveyard_key(generation, kind, name)
+            self.txn.put(grave, b"", db=self.dbs.graveyard)
+
+    def reap(self, max_keys: int) -> tuple[int, bool]:
+        """Remove up to `max_keys` keys of buried generations, oldest first.
+
+        Returns (keys removed, whether buried keys remain).
+        """
+        removed = 0
+        while removed < max_keys:
+            with self.txn.cursor(db=self.dbs.graveyard) as cursor:
+                if not cursor.first():
+                    return removed, False
+                grave = cursor.key()
+            generation, kind, name = keys.split_graveyard_key(grave)
+            prefix = keys.generation_prefix(name, generation)
+            dbs = self._buried_dbs(kind)
+            for db in dbs:
+                removed += self._delete_prefix(db, prefix, max_keys - removed)
+            if any(self._has_prefix(db, prefix) for db in dbs):
+                break
+            self.txn.delete(grave, db=self.dbs.graveyard)
+        with self.txn.cursor(db=self.dbs.graveyard) as cursor:
+            return removed, cursor.first()
 
     def flush(self) -> None:
         """Write back every queue record this command changed."""
@@ -306,33 +376,33 @@ class Mutation:
 
     def dedup_published_at(self, q: QueueState, idk: bytes) -> int | None:
         """When the id was last published to `q`, if an entry for it is still stored."""
-        raw = self.txn.get(keys.dedup_key(q.qkey, idk), db=self.dbs.dedup)
+        raw = self.txn.get(keys.dedup_key(q.dkey, idk), db=self.dbs.dedup)
         return None if raw is None else keys.dedup_published_at(raw)
 
     def remember_publish(self, q: QueueState, idk: bytes, seq: int, previous: int | None) -> None:
         """Record that the id was published now, replacing an outdated entry."""
         if previous is not None:
-            self.txn.delete(keys.dedup_age_key(q.qkey, previous, idk), db=self.dbs.dedup_age)
+            self.txn.delete(keys.dedup_age_key(q.dkey, previous, idk), db=self.dbs.dedup_age)
         self.txn.put(
-            keys.dedup_key(q.qkey, idk), keys.dedup_value(seq, self.now), db=self.dbs.dedup
+            keys.dedup_key(q.dkey, idk), keys.dedup_value(seq, self.now), db=self.dbs.dedup
         )
-        self.txn.put(keys.dedup_age_key(q.qkey, self.now, idk), b"", db=self.dbs.dedup_age)
+        self.txn.put(keys.dedup_age_key(q.dkey, self.now, idk), b"", db=self.dbs.dedup_age)
 
     def expire_dedup(self, q: QueueState, cutoff: int, limit: int) -> None:
         """Forget up to `limit` of the oldest entries published at or before `cutoff`."""
         expired: list[bytes] = []
         with self.txn.cursor(db=self.dbs.dedup_age) as cursor:
-            if cursor.set_range(q.qkey):
+            if cursor.set_range(q.dkey):
                 for key in cursor.iternext(keys=True, values=False):
-                    if len(expired) >= limit or not key.startswith(q.qkey):
+                    if len(expired) >= limit or not key.startswith(q.dkey):
                         break
-                    if keys.U64.unpack_from(key, len(q.qkey))[0] > cutoff:
+                    if keys.U64.unpack_from(key, len(q.dkey))[0] > cutoff:
                         break
                     expired.append(key)
-        start = len(q.qkey) + keys.U64.size
+        start = len(q.dkey) + keys.U64.size
         for key in expired:
             self.txn.delete(key, db=self.dbs.dedup_age)
-            self.txn.delete(keys.dedup_key(q.qkey, key[start:]), db=self.dbs.dedup)
+            self.txn.delete(keys.dedup_key(q.dkey, key[start:]), db=self.dbs.dedup)
 
     # Dead-lettering and overflow
 
@@ -420,10 +490,18 @@ class Mutation:
         if not found:
             raise CorruptRecord(f"message {seq} of {q.name} is {state} but not indexed")
 
-    def _delete_prefix(self, db: lmdb._Database, prefix: bytes) -> None:
+    def _has_prefix(self, db: lmdb._Database, prefix: bytes) -> bool:
         with self.txn.cursor(db=db) as cursor:
-            if not cursor.set_range(prefix):
-                return
-            while cursor.key().startswith(prefix):
+            return bool(cursor.set_range(prefix)) and cursor.key().startswith(prefix)
+
+    def _delete_prefix(self, db: lmdb._Database, prefix: bytes, limit: int) -> int:
+        """Delete up to `limit` keys starting with `prefix`; returns how many."""
+        deleted = 0
+        with self.txn.cursor(db=db) as cursor:
+            if limit <= 0 or not cursor.set_range(prefix):
+                return 0
+            while deleted < limit and cursor.key().startswith(prefix):
+                deleted += 1
                 if not cursor.delete():
-                    return
+                    break
+        return deleted

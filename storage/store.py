@@ -194,7 +194,7 @@ class Store:
         self, txn: lmdb.Transaction[bytes], name: str, record: dict[str, Any], now: int
     ) -> dict[str, Any]:
         """Visible stats: timers due by `now` count as ready even before a receive promotes them."""
-        q = keys.qkey(name)
+        q = keys.generation_prefix(name, record.get("mgen", 0))
         due_delayed = 0
         due_leases = 0
         with txn.cursor(db=self._dbs.timers) as cursor:
@@ -244,9 +244,10 @@ class Store:
             raw = txn.get(name.encode(), db=self._dbs.queues)
             if raw is None:
                 return False
-            if keys.decode(raw)["counters"]["ready_count"] > 0:
+            record = keys.decode(raw)
+            if record["counters"]["ready_count"] > 0:
                 return True
-            due = self._first_due(txn, name)
+            due = self._first_due(txn, name, record)
             return due is not None and due <= self._now(txn, now_ms)
 
     def next_due_ms(self, name: str) -> int | None:
@@ -254,14 +255,22 @@ class Store:
         if not keys.is_queue_name(name):
             return None
         with self._env.begin() as txn:
-            return self._first_due(txn, name)
+            raw = txn.get(name.encode(), db=self._dbs.queues)
+            return None if raw is None else self._first_due(txn, name, keys.decode(raw))
 
-    def _first_due(self, txn: lmdb.Transaction[bytes], name: str) -> int | None:
-        q = keys.qkey(name)
+    def _first_due(
+        self, txn: lmdb.Transaction[bytes], name: str, record: dict[str, Any]
+    ) -> int | None:
+        q = keys.generation_prefix(name, record.get("mgen", 0))
         with txn.cursor(db=self._dbs.timers) as cursor:
             if cursor.set_range(q) and cursor.key().startswith(q):
                 return keys.split_timer_key(q, cursor.key())[0]
         return None
+
+    def has_buried(self) -> bool:
+        """Whether deleted or purged queues left keys for `reap` commands to remove."""
+        with self._env.begin() as txn, txn.cursor(db=self._dbs.graveyard) as cursor:
+            return bool(cursor.first())
 
     def detach_from_log(self) -> None:
         """Make restored state the starting point of a new cluster's Raft log.

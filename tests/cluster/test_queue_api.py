@@ -314,6 +314,30 @@ def test_long_poll_is_woken_by_a_publish(leader: NodeProc, qname: str) -> None:
     assert scrape(leader.url)["raftmq_leases_with_publish_total"] == riding_before + 1
 
 
+def test_a_big_queue_goes_at_once_and_its_messages_are_removed_in_the_background(
+    cluster3: LocalTestCluster, leader: NodeProc, qname: str
+) -> None:
+    assert call(leader, "PUT", f"/v1/queues/{qname}", {}).status == 201
+    with Client([n.url for n in cluster3.nodes]) as client:
+        for batch in range(20):
+            client.publish_batch(qname, [{"body": f"{batch}-{i}"} for i in range(1000)])
+        assert client.purge(qname) == 20000
+        client.publish_batch(qname, [{"body": f"kept-{i}"} for i in range(1000)])
+        client.delete_queue(qname)
+        client.declare_queue(qname)
+        client.publish(qname, "after")
+    # About 84,000 keys, removed 10,000 per Raft entry while the queue is in use again.
+    wait_for(
+        lambda: all(scrape(n.url)["raftmq_deleted_messages_pending"] == 0 for n in cluster3.nodes),
+        60,
+        "the deleted messages to be removed on every node",
+    )
+    cluster3.wait_converged()
+    assert [m["body"] for m in receive(leader, qname, max=10)] == ["after"]
+    log = leader.log_path.read_text()
+    assert "removed" in log and "keys of deleted and purged queues" in log
+
+
 def test_purge_and_delete(leader: NodeProc, qname: str) -> None:
     assert call(leader, "PUT", f"/v1/queues/{qname}", {}).status == 201
     publish(leader, qname, "1", "2", "3")

@@ -108,6 +108,9 @@ def _valid() -> st.SearchStrategy[dict[str, Any]]:
         ),
         st.fixed_dictionaries({"op": st.just("purge_queue"), "queue": queue, "now_ms": now}),
         st.fixed_dictionaries({"op": st.just("delete_queue"), "queue": queue, "now_ms": now}),
+        st.fixed_dictionaries(
+            {"op": st.just("reap"), "max_keys": st.integers(-2, 50), "now_ms": now}
+        ),
     )
 
 

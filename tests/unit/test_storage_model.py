@@ -92,6 +92,10 @@ class Model:
             return {"status": "not_found"}
         return {"status": "deleted"}
 
+    def _reap(self, cmd: Command) -> Result:
+        """Removing what deleted and purged queues left changes nothing visible."""
+        return {"status": "ok"}
+
     def _purge_queue(self, cmd: Command) -> Result:
         q = self.queues.get(cmd["queue"])
         if q is None:
@@ -369,6 +373,8 @@ class StoreMatchesModel(RuleBasedStateMachine):
         for command, got, want in zip(stamped, results, expected, strict=True):
             if want["status"] == "queue_full":
                 assert got["status"] == "queue_full"
+            elif command["op"] == "reap":
+                assert got["status"] == "ok" and 0 <= got["removed"] <= command["max_keys"]
             else:
                 assert got == want
             for delivery in got.get("messages", []):
@@ -436,6 +442,10 @@ class StoreMatchesModel(RuleBasedStateMachine):
     @rule(name=queue_names, op=st.sampled_from(["delete_queue", "purge_queue", "purge_queue"]))
     def delete_or_purge(self, name: str, op: str) -> None:
         self._apply({"op": op, "queue": name})
+
+    @rule(max_keys=st.integers(1, 20))
+    def reap(self, max_keys: int) -> None:
+        self._apply({"op": "reap", "max_keys": max_keys})
 
     @rule(data=st.data())
     def publish(self, data: st.DataObject) -> None:
