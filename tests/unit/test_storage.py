@@ -1,6 +1,5 @@
 """Unit tests of storage.Store: every command, its outcomes, and replica determinism."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,17 +66,6 @@ class Broker:
         stats = self.store.get_queue(queue, self.now)
         assert stats is not None
         return stats
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(str(tmp_path / "store"), map_size=MAP_SIZE) as opened:
-        yield opened
-
-
-@pytest.fixture
-def broker(store: Store) -> Broker:
-    return Broker(store)
 
 
 def ids(messages: list[dict[str, Any]]) -> list[str]:

@@ -1,25 +1,9 @@
 """Deleting or purging a queue is one bounded step; its keys are removed later by "reap"."""
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from storage import Store, keys
-from tests.unit.test_storage import MAP_SIZE, Broker, counts, ids
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(str(tmp_path / "store"), map_size=MAP_SIZE) as opened:
-        yield opened
-
-
-@pytest.fixture
-def broker(store: Store) -> Broker:
-    return Broker(store)
-
+from tests.unit.test_storage import Broker, counts, ids
 
 MESSAGE_DBS = ("messages", "ready", "timers", "dedup", "dedup_age")
 

@@ -1,6 +1,5 @@
 """Storage commands of exchanges and streams: outcomes, atomicity, retention, determinism."""
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,6 @@ class PubSub(Broker):
         info = self.store.view(lambda txn, dbs: streams.get_stream(txn, dbs, stream))
         assert info is not None
         return info
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(str(tmp_path / "store"), map_size=MAP_SIZE) as opened:
-        yield opened
 
 
 @pytest.fixture
