@@ -13,7 +13,7 @@ from pysyncobj import FAIL_REASON
 from cluster.errors import MembershipRefused, NoLeader, NotLeader, UnknownOutcome
 from cluster.proposer import Companions, Proposer
 from cluster.settings import RaftSettings
-from cluster.snapshot import snapshot_applied_index
+from cluster.snapshot import SnapshotJob
 from cluster.state_machine import ReplicatedBroker
 from cluster.store_holder import StoreHolder
 from storage import Store
@@ -299,15 +299,19 @@ class RaftNode:
     def write_backup(self, path: str) -> "concurrent.futures.Future[int]":
         """Write a consistent copy of the store (snapshot format) to `path`; its applied index.
 
-        Taken on the tick thread, like a snapshot, so no apply or store swap
-        runs during the copy.
+        Pinned on the tick thread, like a snapshot, and copied on a thread of
+        its own while applies go on.
         """
+        done: concurrent.futures.Future[int] = concurrent.futures.Future()
 
-        def write() -> int:
-            self._broker.codec.serialize(path, None)
-            return snapshot_applied_index(path)
+        def started(pinning: "concurrent.futures.Future[SnapshotJob]") -> None:
+            if pinning.exception() is not None:
+                done.set_exception(pinning.exception())
+                return
+            pinning.result().future.add_done_callback(lambda job: _copy_outcome(job, done))
 
-        return self.on_tick_thread(write)
+        self.on_tick_thread(lambda: self._broker.codec.start(path, None)).add_done_callback(started)
+        return done
 
     def force_snapshot(self) -> None:
         self._broker.forceLogCompaction()
@@ -315,4 +319,15 @@ class RaftNode:
     def close(self) -> None:
         """Stop the tick thread, close the journal and the store."""
         self._broker.destroy_synchronous()
+        self._broker.codec.stop_jobs()
         self.holder.close()
+
+
+def _copy_outcome(
+    source: "concurrent.futures.Future[T]", target: "concurrent.futures.Future[T]"
+) -> None:
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())

@@ -3,26 +3,39 @@
 pysyncobj's default serializer pickles the SyncObj's attributes, which would
 silently drop everything kept in LMDB on a follower restored from a snapshot.
 Ours writes one file: a header (pysyncobj's raft data and the store's applied
-index) followed by a consistent copy of the LMDB environment. It runs on the
-tick thread (never forked), so no apply can interleave with the copy.
+index) followed by a consistent copy of the LMDB environment.
+
+The tick thread (the only writer) only pins the state to copy (a read
+transaction and LMDB's meta pages, storage.PinnedState); a SnapshotJob thread
+copies the data file by the kernel meanwhile, so applies and heartbeats go on
+during a copy that takes seconds for gigabytes. BackgroundSerializer reports
+the job to pysyncobj, which drops the journal before the snapshot only once
+the file is complete, fsynced and in place.
 
 File layout: MAGIC (8 B) | header length (u64 BE) | pickled header | data.mdb bytes.
 """
 
+import concurrent.futures
+import contextlib
 import logging
 import os
 import pickle
 import shutil
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pysyncobj.config import SERIALIZER_STATE
+from pysyncobj.serializer import Serializer
+
 from cluster.journal import DurableJournal
 from cluster.store_holder import StoreHolder
 from storage import Store
+from storage.store import PinnedState
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +65,8 @@ class SnapshotCodec:
         self._holder = holder
         self._work_dir = work_dir
         self._journal: Callable[[], DurableJournal | None] = lambda: None
+        self._jobs: set[SnapshotJob] = set()
+        self._jobs_lock = threading.Lock()
         os.makedirs(work_dir, exist_ok=True)
 
     def attach_journal(self, journal: Callable[[], DurableJournal | None]) -> None:
@@ -80,24 +95,31 @@ class SnapshotCodec:
             journal.deleteEntriesTo(position)
 
     def serialize(self, path: str, raft_data: Any) -> None:
-        """Write a snapshot of the current LMDB state to `path` (pysyncobj renames it)."""
-        started = time.monotonic()
-        store = self._holder.store
-        # The journal before this point is about to be dropped: the state that
-        # replaces it must be on disk first (durability rule); copy_data_file syncs.
-        applied = store.applied_index()
-        header = pickle.dumps({"raft_data": raft_data, "applied_index": applied})
-        with open(path, "wb") as out:
-            out.write(MAGIC)
-            out.write(_LEN.pack(len(header)))
-            out.write(header)
-            # On the tick thread, which alone applies: no write runs during the copy.
-            store.copy_data_file(out)
-            out.flush()
-            os.fsync(out.fileno())
-        logger.info(
-            "snapshot written at applied index %d in %.2f s", applied, time.monotonic() - started
-        )
+        """Write a snapshot to `path` and wait for it (pysyncobj's synchronous hook)."""
+        self.start(path, raft_data).future.result()
+
+    def start(self, path: str, raft_data: Any) -> "SnapshotJob":
+        """Pin the current state and write it to `path` on a new thread.
+
+        Call it on the tick thread, which alone applies, so no write runs while
+        the state is pinned.
+        """
+        job = SnapshotJob(self._holder.store.pin(), path, raft_data, self._holder.store.sync)
+        with self._jobs_lock:
+            self._jobs.add(job)
+        job.future.add_done_callback(lambda _: self._forget(job))
+        return job
+
+    def _forget(self, job: "SnapshotJob") -> None:
+        with self._jobs_lock:
+            self._jobs.discard(job)
+
+    def stop_jobs(self) -> None:
+        """Abandon snapshots being written: the store is about to close or be replaced."""
+        with self._jobs_lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.stop()
 
     def deserialize(self, path: str) -> Any:
         """Load a snapshot; replace the store only when the snapshot is ahead of it.
@@ -117,6 +139,7 @@ class SnapshotCodec:
                     self._holder.store.applied_index(),
                 )
                 return header.raft_data
+            self.stop_jobs()
             restore_dir = tempfile.mkdtemp(dir=self._work_dir)
             data_path = os.path.join(restore_dir, "data.mdb")
             with open(data_path, "wb") as out:
@@ -129,6 +152,124 @@ class SnapshotCodec:
             shutil.rmtree(restore_dir, ignore_errors=True)
         logger.info("store restored from snapshot at applied index %d", header.applied_index)
         return header.raft_data
+
+
+class SnapshotJob:
+    """Writes one snapshot file from a pinned store state, on its own thread.
+
+    The file is written as `path`.part, fsynced, and renamed to `path` only
+    when complete; the store is synced first, so a node restarting from this
+    snapshot finds its store at or past it. `future` gives the applied index.
+    """
+
+    def __init__(
+        self, pinned: PinnedState, path: str, raft_data: Any, sync_store: Callable[[], None]
+    ) -> None:
+        self.future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(pinned, path, raft_data, sync_store),
+            name="raftmq-snapshot",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(
+        self, pinned: PinnedState, path: str, raft_data: Any, sync_store: Callable[[], None]
+    ) -> None:
+        started = time.monotonic()
+        part = path + ".part"
+        try:
+            with pinned:
+                header = pickle.dumps(
+                    {"raft_data": raft_data, "applied_index": pinned.applied_index}
+                )
+                with open(part, "wb") as out:
+                    out.write(MAGIC)
+                    out.write(_LEN.pack(len(header)))
+                    out.write(header)
+                    out.flush()
+                    size = pinned.copy_to(out.fileno(), out.tell(), stop=self._stop.is_set)
+                    os.fsync(out.fileno())
+            # The journal before this state is dropped once the future resolves:
+            # the store must hold it durably too (the durability rule).
+            sync_store()
+            os.replace(part, path)
+            _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(part)
+            if isinstance(exc, InterruptedError):
+                logger.info("snapshot at applied index %d abandoned", pinned.applied_index)
+            else:
+                logger.exception("snapshot at applied index %d failed", pinned.applied_index)
+            self.future.set_exception(exc)
+            return
+        logger.info(
+            "snapshot written at applied index %d (%.0f MiB) in %.2f s",
+            pinned.applied_index,
+            size / (1 << 20),
+            time.monotonic() - started,
+        )
+        self.future.set_result(pinned.applied_index)
+
+    def stop(self) -> None:
+        """Abandon the copy and wait until the thread has let go of the store."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BackgroundSerializer(Serializer):  # type: ignore[misc]
+    """pysyncobj's snapshot file handling, with the snapshot written by a SnapshotJob.
+
+    pysyncobj's Serializer runs a custom serializer synchronously on the tick
+    thread and renames its file into place as soon as it returns; this one
+    starts a job and reports SERIALIZING until the job has put a complete
+    file in place. Transmissions of the snapshot to followers (inherited) wait
+    meanwhile, as they do while pysyncobj's own forked serializer runs.
+    """
+
+    def __init__(self, codec: SnapshotCodec, path: str, transmission_batch_bytes: int) -> None:
+        super().__init__(path, transmission_batch_bytes, False, None, codec.deserialize, None)
+        self._codec = codec
+        self._path = path
+        self._job: SnapshotJob | None = None
+        self._job_index: int | None = None
+
+    def serialize(self, data: Any, id: int) -> None:
+        if self._job is not None:
+            return
+        try:
+            self._job = self._codec.start(self._path, data[1:])
+        except Exception:
+            logger.exception("could not start a snapshot")
+            return
+        self._job_index = id
+        # Nonzero: the inherited getTransmissionData waits until the file is in place.
+        self._Serializer__pid = -3
+
+    def checkSerializing(self) -> tuple[int, int | None]:
+        job = self._job
+        if job is None:
+            return SERIALIZER_STATE.NOT_SERIALIZING, None
+        if not job.future.done():
+            return SERIALIZER_STATE.SERIALIZING, self._job_index
+        self._job = None
+        self._Serializer__pid = 0
+        if job.future.exception() is not None:
+            return SERIALIZER_STATE.FAILED, self._job_index
+        # Transmissions in progress read the replaced file: start them again.
+        self._Serializer__transmissions: dict[Any, Any] = {}
+        return SERIALIZER_STATE.SUCCESS, self._job_index
 
 
 def snapshot_applied_index(path: str) -> int:

@@ -19,7 +19,7 @@ from cluster.raft_fixes import (
     ReadBeforeElection,
 )
 from cluster.settings import RaftSettings
-from cluster.snapshot import SnapshotCodec
+from cluster.snapshot import BackgroundSerializer, SnapshotCodec
 from cluster.store_holder import StoreHolder
 from cluster.transport import FlushingTransport
 from cluster.wire_guard import install_wire_guard
@@ -76,6 +76,8 @@ class ReplicatedBroker(
 ):
     """pysyncobj's SyncObj with the broker as its state."""
 
+    _SyncObj__serializer: Any  # pysyncobj's, replaced by a BackgroundSerializer
+
     def __init__(
         self,
         settings: RaftSettings,
@@ -117,6 +119,12 @@ class ReplicatedBroker(
         SyncObj._SyncObj__onLeaderChanged(self)
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        if not isinstance(self._SyncObj__serializer, BackgroundSerializer):
+            # Swapped on the tick thread before its first log compaction can start.
+            conf = self._SyncObj__conf
+            self._SyncObj__serializer = BackgroundSerializer(
+                self.codec, conf.fullDumpFile, conf.logCompactionBatchSize
+            )
         super()._onTick(timeToWait)
         leader = self._SyncObj__raftLeader
         seen = (None if leader is None else leader.id, self._SyncObj__raftCurrentTerm)
@@ -142,8 +150,8 @@ class ReplicatedBroker(
             journal.flush()
         try:
             commands: list[dict[str, Any]] = orjson.loads(payload)
-            # No lock: applies, snapshots and the store swap all run on this
-            # (tick) thread; the lock only keeps HTTP readers off a swap.
+            # No lock: applies and the store swap run on this (tick) thread, and a
+            # snapshot copy reads a pinned state; the lock keeps HTTP readers off a swap.
             results = self._holder.store.apply(index, commands)
             now = time.monotonic()
             if now >= self._map_release_due:

@@ -16,10 +16,12 @@ T = TypeVar("T")
 class StoreHolder:
     """The one Store of this node, guarded so readers never see it mid-swap.
 
-    Applies, snapshots and swaps all run on the Raft tick thread, so they never
-    overlap one another; HTTP readers take `lock` so that a swap (snapshot
-    install) never closes the environment under a read. LMDB's MVCC lets reads
-    and the one writer run side by side otherwise.
+    Applies and swaps run on the Raft tick thread, so they never overlap one
+    another; HTTP readers take `lock` so that a swap (snapshot install) never
+    closes the environment under a read. A snapshot being copied holds its own
+    read transaction on another thread (cluster.snapshot.SnapshotJob), and is
+    stopped before a swap or close. LMDB's MVCC lets reads and the one writer
+    run side by side otherwise.
     """
 
     def __init__(self, path: str, *, map_size: int, sync: bool) -> None:

@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -139,27 +139,13 @@ class Store:
             self._map_ranges = mapped_ranges(data_file)
         release_mapped_pages(data_file, self._map_ranges)
 
-    def copy_data_file(self, out: BinaryIO) -> int:
-        """Append the environment's data file to `out`, by the kernel; returns the bytes copied.
+    def pin(self) -> PinnedState:
+        """Hold the last committed state for a copy that may run while writes go on.
 
-        The caller guarantees that no write transaction runs meanwhile (it runs
-        on the thread that applies). After `sync()` the file then holds exactly
-        the last committed state, so a plain copy is consistent (LMDB's rule for
-        copying with cp), and it goes through neither the memory map (no RSS)
-        nor the B-tree (no compaction: free pages are copied too).
+        Call it where no write transaction runs (the thread that applies),
+        then copy from any one thread and `close` the pin there. See PinnedState.
         """
-        self.sync()
-        out.flush()
-        copied = 0
-        with open(os.path.join(self._path, "data.mdb"), "rb") as src:
-            size = os.fstat(src.fileno()).st_size
-            while copied < size:
-                chunk = os.copy_file_range(src.fileno(), out.fileno(), size - copied)
-                if chunk == 0:
-                    break
-                copied += chunk
-        out.seek(0, os.SEEK_END)
-        return copied
+        return PinnedState(self._env, os.path.join(self._path, "data.mdb"), self._dbs.meta)
 
     def copy_to(self, path: str) -> None:
         """Write a compacted, consistent copy of the environment into directory `path`."""
@@ -287,3 +273,76 @@ class Store:
     def nodes(self) -> dict[str, dict[str, Any]]:
         with self._env.begin() as txn, txn.cursor(db=self._dbs.nodes) as cursor:
             return {key.decode(): keys.decode(value) for key, value in cursor}
+
+
+class PinnedState:
+    """One committed state of an LMDB environment, kept by a read transaction.
+
+    A copy of LMDB's data file made while writers run is consistent if it
+    takes the two meta pages as they were when no write transaction ran and
+    the pages up to that state's last page: every page reachable from that
+    state stays untouched while a read transaction holds it (MVCC), and pages
+    written since are unreachable from it. This is how mdb_env_copy works
+    without compaction; here the pages go from file to file by the kernel
+    (copy_file_range), not through the memory map, so the copy neither grows
+    the process's RSS nor holds the GIL for long.
+
+    Created where no write transaction runs (Store.pin); `copy_to` and
+    `close` may then run on another thread, one at a time.
+    """
+
+    def __init__(self, env: lmdb.Environment, data_file: str, meta_db: lmdb._Database) -> None:
+        self._txn = env.begin()
+        self._fd = -1
+        try:
+            info = env.info()
+            if info["last_txnid"] != self._txn.id():
+                raise RuntimeError("a write transaction ran while the state was being pinned")
+            raw = self._txn.get(keys.APPLIED_INDEX, db=meta_db)
+            self.applied_index = 0 if raw is None else int(keys.U64.unpack(raw)[0])
+            page_size = int(env.stat()["psize"])
+            self.size = (int(info["last_pgno"]) + 1) * page_size
+            self._fd = os.open(data_file, os.O_RDONLY)
+            self._meta = os.pread(self._fd, 2 * page_size, 0)
+            if len(self._meta) != 2 * page_size:
+                raise RuntimeError(f"{data_file} is shorter than its meta pages")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> PinnedState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def copy_to(
+        self,
+        out_fd: int,
+        offset: int,
+        *,
+        chunk: int = 64 << 20,
+        stop: Callable[[], bool] = lambda: False,
+    ) -> int:
+        """Write the state's data file at `offset` of `out_fd`; returns its size.
+
+        Raises InterruptedError when `stop()` turns true between chunks.
+        """
+        os.pwrite(out_fd, self._meta, offset)
+        copied = len(self._meta)
+        while copied < self.size:
+            if stop():
+                raise InterruptedError("copy stopped")
+            done = os.copy_file_range(
+                self._fd, out_fd, min(chunk, self.size - copied), copied, offset + copied
+            )
+            if done == 0:
+                raise RuntimeError(f"data file ended at {copied} of {self.size} bytes")
+            copied += done
+        return copied
+
+    def close(self) -> None:
+        self._txn.abort()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -61,9 +61,8 @@ def test_a_raw_copy_of_the_data_file_is_the_same_state(tmp_path: Path) -> None:
         store.apply(2, [{"op": "publish", "queue": "q", "now_ms": 2, "messages": batch}])
         before = _rss_file_kib()
         (tmp_path / "copy").mkdir()
-        with open(tmp_path / "copy" / "data.mdb", "wb") as out:
-            out.write(b"")
-            copied = store.copy_data_file(out)
+        with store.pin() as pinned, open(tmp_path / "copy" / "data.mdb", "wb") as out:
+            copied = pinned.copy_to(out.fileno(), 0)
         assert copied == (tmp_path / "s" / "data.mdb").stat().st_size
         assert _rss_file_kib() - before < 1000  # not read through the map
         digest = store.digest()

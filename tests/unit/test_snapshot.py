@@ -1,0 +1,154 @@
+"""Snapshots are copied from a pinned LMDB state on their own thread while applies go on."""
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysyncobj.config import SERIALIZER_STATE
+
+from cluster.snapshot import BackgroundSerializer, SnapshotCodec, snapshot_applied_index
+from cluster.store_holder import StoreHolder
+from storage import Store
+
+MAP_SIZE = 256 << 20
+
+
+class Writer:
+    """Applies entries to a store, churning pages so that LMDB reuses freed ones."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.index = 0
+        self.published = 0
+
+    def apply(self, *commands: dict[str, Any]) -> None:
+        self.index += 1
+        stamped = [{"now_ms": 1000 + self.index, **c} for c in commands]
+        assert self.store.apply(self.index, stamped) is not None
+
+    def publish(self, queue: str, count: int) -> None:
+        for _ in range(0, count, 500):
+            batch = [{"id": f"m{self.published + i}", "body": "x" * 300} for i in range(500)]
+            self.published += 500
+            self.apply({"op": "publish", "queue": queue, "dedup_window_ms": 0, "messages": batch})
+
+    def churn(self) -> None:
+        """Free most pages of the state and write new ones, which reuse them."""
+        self.apply({"op": "purge_queue", "queue": "q"})
+        self.apply({"op": "reap", "max_keys": 1_000_000})
+        self.publish("q", 3000)
+        self.apply({"op": "declare_queue", "queue": "other"})
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[StoreHolder]:
+    opened = StoreHolder(str(tmp_path / "state"), map_size=MAP_SIZE, sync=False)
+    yield opened
+    opened.close()
+
+
+def filled(store: Store) -> Writer:
+    writer = Writer(store)
+    writer.apply({"op": "declare_queue", "queue": "q"})
+    writer.publish("q", 3000)
+    return writer
+
+
+def copy_of(tmp_path: Path, name: str) -> Path:
+    directory = tmp_path / name
+    directory.mkdir()
+    return directory / "data.mdb"
+
+
+def test_a_pinned_state_copies_whole_while_writes_go_on(
+    holder: StoreHolder, tmp_path: Path
+) -> None:
+    writer = filled(holder.store)
+    digest, index = holder.store.digest(), holder.store.applied_index()
+    pinned = holder.store.pin()
+    writer.churn()
+    writer.churn()
+    target = copy_of(tmp_path, "copy")
+    with pinned, open(target, "wb") as out:
+        assert pinned.copy_to(out.fileno(), 0, chunk=1 << 16) == pinned.size
+    with Store(str(target.parent), map_size=MAP_SIZE) as copy:
+        assert copy.applied_index() == index == pinned.applied_index
+        assert copy.digest() == digest
+    assert holder.store.digest() != digest  # the writes happened
+
+
+def test_without_the_pin_the_same_copy_is_not_that_state(
+    holder: StoreHolder, tmp_path: Path
+) -> None:
+    """Negative control: the read transaction is what keeps the pages."""
+    writer = filled(holder.store)
+    digest = holder.store.digest()
+    pinned = holder.store.pin()
+    pinned._txn.abort()
+    writer.churn()
+    writer.churn()
+    target = copy_of(tmp_path, "copy")
+    with pinned, open(target, "wb") as out:
+        pinned.copy_to(out.fileno(), 0)
+    try:
+        with Store(str(target.parent), map_size=MAP_SIZE) as copy:
+            assert copy.digest() != digest
+    except Exception:
+        pass
+
+
+def test_a_snapshot_job_writes_a_file_that_restores_the_pinned_state(
+    holder: StoreHolder, tmp_path: Path
+) -> None:
+    writer = filled(holder.store)
+    digest, index = holder.store.digest(), holder.store.applied_index()
+    codec = SnapshotCodec(holder, str(tmp_path / "tmp"))
+    path = str(tmp_path / "snapshot.bin")
+    job = codec.start(path, ("raft", "data"))
+    writer.churn()  # while the job copies
+    assert job.future.result(timeout=30) == index
+    assert snapshot_applied_index(path) == index
+    assert not os.path.exists(path + ".part")
+
+    follower = StoreHolder(str(tmp_path / "follower"), map_size=MAP_SIZE, sync=False)
+    try:
+        raft_data = SnapshotCodec(follower, str(tmp_path / "tmp2")).deserialize(path)
+        assert raft_data == ("raft", "data")
+        assert follower.store.applied_index() == index
+        assert follower.store.digest() == digest
+    finally:
+        follower.close()
+
+
+def test_stopping_a_job_abandons_its_file(holder: StoreHolder, tmp_path: Path) -> None:
+    filled(holder.store)
+    codec = SnapshotCodec(holder, str(tmp_path / "tmp"))
+    path = str(tmp_path / "snapshot.bin")
+    job = codec.start(path, None)
+    codec.stop_jobs()
+    with pytest.raises(InterruptedError):
+        job.future.result(timeout=30)
+    assert not os.path.exists(path) and not os.path.exists(path + ".part")
+
+
+def test_the_serializer_reports_the_job_to_pysyncobj(holder: StoreHolder, tmp_path: Path) -> None:
+    filled(holder.store)
+    codec = SnapshotCodec(holder, str(tmp_path / "tmp"))
+    path = str(tmp_path / "snapshot.bin")
+    serializer = BackgroundSerializer(codec, path, 1 << 20)
+    assert serializer.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+    serializer.serialize((None, "last", "before last", "cluster"), 42)
+    states = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state, index = serializer.checkSerializing()
+        states.append(state)
+        if state != SERIALIZER_STATE.SERIALIZING:
+            break
+    assert states[-1] == SERIALIZER_STATE.SUCCESS and index == 42
+    assert set(states[:-1]) <= {SERIALIZER_STATE.SERIALIZING}
+    assert serializer.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+    assert serializer.deserialize()[1:] == ("last", "before last", "cluster")
