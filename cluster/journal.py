@@ -33,6 +33,7 @@ replaced atomically (tmp file, fsync, rename, fsync of the directory).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import mmap
@@ -69,6 +70,9 @@ _REC_OVERHEAD = _REC_HEAD.size + _REC_TAIL.size
 # long batch between two flushes does not hold unbounded memory.
 _WRITE_THRESHOLD = 1 << 20
 _COPY_CHUNK = 1 << 20
+# prepare_compaction writes its copy here, fdatasync'd every PRECOPY_SYNC_BYTES.
+PRECOMPACT_SUFFIX = ".precompact"
+PRECOPY_SYNC_BYTES = 32 << 20
 # Commands kept in memory, newest first; older ones are read back from the file.
 DEFAULT_RESIDENT_BYTES = 64 << 20
 # Stands in for a command that is on disk only (entries before _resident_from).
@@ -192,6 +196,11 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         self._closed = False
         self.flush_count = 0
         self.sync_count = 0
+        # Bumped whenever written records change place or content (truncation,
+        # compaction): a pre-copy for compaction taken before is then stale.
+        self._layout_changes = 0
+        # (layout_changes, start, end) of the records already copied to PRECOMPACT.
+        self._precopied: tuple[int, int, int] | None = None
 
         meta = load_meta(self._path)
         self._term = meta.current_term
@@ -406,6 +415,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         if position >= len(self._entries):
             return
         cut = self._offsets[position]
+        self._layout_changes += 1
         if cut < self._written:
             try:
                 os.ftruncate(self._fd, cut)
@@ -425,15 +435,77 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         # built on top of it; fdatasync covers size changes.
         self._unsynced = True
 
+    def prepare_compaction(self, first_kept_index: int) -> None:
+        """Copy the records from raft index `first_kept_index` on, ahead of deleteEntriesTo.
+
+        Runs on any thread (the snapshot's, before the snapshot is reported
+        done): the copy of a long tail and its fdatasync happen there, chunk
+        by chunk, and the deleteEntriesTo that follows on the tick thread
+        only adds what was appended since. A truncation in between makes the
+        copy stale, and deleteEntriesTo then copies everything itself.
+        """
+        with self._lock:
+            if self._closed or self._failed is not None or not self._entries:
+                return
+            position = first_kept_index - self._entries[0][1]
+            if not 0 < position < len(self._entries):
+                return
+            self._write_buffer()
+            start, end = self._offsets[position], self._written
+            layout = self._layout_changes
+            self._precopied = None
+        tmp = self._path + PRECOMPACT_SUFFIX
+        # Records before `end` are only ever changed by this object's truncations
+        # and compactions, which bump the layout counter checked below.
+        self._copy_records(tmp, start, end, sync_every=PRECOPY_SYNC_BYTES)
+        with self._lock:
+            if self._layout_changes == layout and not self._closed:
+                self._precopied = (layout, start, end)
+
+    def _copy_records(self, tmp: str, start: int, end: int, *, sync_every: int | None) -> None:
+        """Write HEADER and the journal's bytes [start, end) to a new file `tmp`."""
+        src = os.open(self._path, os.O_RDONLY)
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(out, HEADER)
+                self._append_records(src, out, start, end, sync_every=sync_every)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+
+    def _append_records(
+        self, src: int, out: int, start: int, end: int, *, sync_every: int | None
+    ) -> None:
+        """Append bytes [start, end) of `src` to `out` (by the kernel), then sync `out`."""
+        pos = start
+        out_pos = os.fstat(out).st_size
+        unsynced = 0
+        while pos < end:
+            done = os.copy_file_range(src, out, min(_COPY_CHUNK, end - pos), pos, out_pos)
+            if done == 0:
+                raise JournalError(f"journal {self._path!r} shorter than expected")
+            pos += done
+            out_pos += done
+            unsynced += done
+            if sync_every is not None and unsynced >= sync_every and self._fsync:
+                self.syncer(out)
+                unsynced = 0
+        if self._fsync:
+            self.syncer(out)
+
     def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop entries ``[:entryTo]`` after a snapshot: rewrite the file, then swap.
 
         The remaining records are copied to a temp file that is fsynced and
         renamed over the journal, then the directory is fsynced, so a crash
-        leaves either the old or the new journal, both complete.
+        leaves either the old or the new journal, both complete. After a
+        matching prepare_compaction only the records appended since are copied.
         """
         with self._lock:
             self._check_open()
+            precopied, self._precopied = self._precopied, None
             stop = slice(None, entryTo).indices(len(self._entries))[1]
             if stop <= 0:
                 return
@@ -443,26 +515,28 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             self._write_buffer()
             start = self._offsets[stop]
             shift = start - HEADER_SIZE
-            tmp = self._path + ".compact"
-            # The append fd is write-only: read the kept records through another.
-            src = os.open(self._path, os.O_RDONLY)
-            try:
-                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            if (
+                precopied is not None
+                and precopied[0] == self._layout_changes
+                and precopied[1] == start
+                and precopied[2] <= self._written
+            ):
+                tmp = self._path + PRECOMPACT_SUFFIX
+                src = os.open(self._path, os.O_RDONLY)
                 try:
-                    _write_all(out, HEADER)
-                    pos = start
-                    while pos < self._written:
-                        chunk = os.pread(src, min(_COPY_CHUNK, self._written - pos), pos)
-                        if not chunk:
-                            raise JournalError(f"journal {self._path!r} shorter than expected")
-                        _write_all(out, chunk)
-                        pos += len(chunk)
-                    if self._fsync:
-                        self.syncer(out)
+                    out = os.open(tmp, os.O_WRONLY)
+                    try:
+                        self._append_records(src, out, precopied[2], self._written, sync_every=None)
+                    finally:
+                        os.close(out)
                 finally:
-                    os.close(out)
-            finally:
-                os.close(src)
+                    os.close(src)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._path + PRECOMPACT_SUFFIX)  # stale, if any
+                tmp = self._path + ".compact"
+                self._copy_records(tmp, start, self._written, sync_every=None)
+            self._layout_changes += 1
             os.replace(tmp, self._path)
             try:
                 if self._fsync:

@@ -15,7 +15,7 @@ from cluster.proposer import Companions, Proposer
 from cluster.settings import RaftSettings
 from cluster.snapshot import SnapshotJob
 from cluster.state_machine import ReplicatedBroker
-from cluster.store_holder import StoreHolder
+from cluster.store_holder import StoreFlusher, StoreHolder
 from storage import Store
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class RaftNode:
         self._tick_calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._broker = ReplicatedBroker(settings, self.holder, self._applied)
         self._broker.addOnTickCallback(self._run_tick_calls)
+        self._flusher = StoreFlusher(self.holder, settings.store_flush_period_s)
         self._proposer: Proposer | None = None
         self._companions: Companions | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -320,6 +321,7 @@ class RaftNode:
         """Stop the tick thread, close the journal and the store."""
         self._broker.destroy_synchronous()
         self._broker.codec.stop_jobs()
+        self._flusher.stop()
         self.holder.close()
 
 

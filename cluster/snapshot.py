@@ -61,9 +61,17 @@ def _read_header(f: BinaryIO) -> SnapshotHeader:
 class SnapshotCodec:
     """The serializer / deserializer pair handed to pysyncobj's SyncObjConf."""
 
-    def __init__(self, holder: StoreHolder, work_dir: str) -> None:
+    def __init__(
+        self,
+        holder: StoreHolder,
+        work_dir: str,
+        *,
+        sync_bytes: int = 32 << 20,
+        bytes_per_s: int | None = None,
+    ) -> None:
         self._holder = holder
         self._work_dir = work_dir
+        self._pacing = CopyPacing(sync_bytes, bytes_per_s)
         self._journal: Callable[[], DurableJournal | None] = lambda: None
         self._jobs: set[SnapshotJob] = set()
         self._jobs_lock = threading.Lock()
@@ -98,13 +106,25 @@ class SnapshotCodec:
         """Write a snapshot to `path` and wait for it (pysyncobj's synchronous hook)."""
         self.start(path, raft_data).future.result()
 
-    def start(self, path: str, raft_data: Any) -> "SnapshotJob":
+    def start(
+        self, path: str, raft_data: Any, *, compacts_journal_to: int | None = None
+    ) -> "SnapshotJob":
         """Pin the current state and write it to `path` on a new thread.
 
         Call it on the tick thread, which alone applies, so no write runs while
-        the state is pinned.
+        the state is pinned. With `compacts_journal_to` (the first Raft index the
+        journal keeps after this snapshot) the job also prepares that compaction
+        (DurableJournal.prepare_compaction) before it reports done.
         """
-        job = SnapshotJob(self._holder.store.pin(), path, raft_data, self._holder.store.sync)
+        journal = self._journal() if compacts_journal_to is not None else None
+
+        def prepare() -> None:
+            if journal is not None and compacts_journal_to is not None:
+                journal.prepare_compaction(compacts_journal_to)
+
+        job = SnapshotJob(
+            self._holder.store.pin(), path, raft_data, self._holder.sync, self._pacing, prepare
+        )
         with self._jobs_lock:
             self._jobs.add(job)
         job.future.add_done_callback(lambda _: self._forget(job))
@@ -154,6 +174,14 @@ class SnapshotCodec:
         return header.raft_data
 
 
+@dataclass(frozen=True)
+class CopyPacing:
+    """How a snapshot copy shares the disk: synced every `sync_bytes`, at most `bytes_per_s`."""
+
+    sync_bytes: int
+    bytes_per_s: int | None
+
+
 class SnapshotJob:
     """Writes one snapshot file from a pinned store state, on its own thread.
 
@@ -163,10 +191,18 @@ class SnapshotJob:
     """
 
     def __init__(
-        self, pinned: PinnedState, path: str, raft_data: Any, sync_store: Callable[[], None]
+        self,
+        pinned: PinnedState,
+        path: str,
+        raft_data: Any,
+        sync_store: Callable[[], None],
+        pacing: CopyPacing,
+        before_done: Callable[[], None] = lambda: None,
     ) -> None:
         self.future: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._stop = threading.Event()
+        self._pacing = pacing
+        self._before_done = before_done
         self._thread = threading.Thread(
             target=self._run,
             args=(pinned, path, raft_data, sync_store),
@@ -190,7 +226,12 @@ class SnapshotJob:
                     out.write(_LEN.pack(len(header)))
                     out.write(header)
                     out.flush()
-                    size = pinned.copy_to(out.fileno(), out.tell(), stop=self._stop.is_set)
+                    size = pinned.copy_to(
+                        out.fileno(),
+                        out.tell(),
+                        chunk=self._pacing.sync_bytes,
+                        between_chunks=self._chunk_done(out.fileno(), out.tell()),
+                    )
                     os.fsync(out.fileno())
             # The journal before this state is dropped once the future resolves:
             # the store must hold it durably too (the durability rule).
@@ -212,7 +253,37 @@ class SnapshotJob:
             size / (1 << 20),
             time.monotonic() - started,
         )
+        try:
+            self._before_done()
+        except Exception:
+            logger.exception("preparing the journal's compaction failed (it will copy all)")
         self.future.set_result(pinned.applied_index)
+
+    def _chunk_done(self, fd: int, offset: int) -> Callable[[int], None]:
+        """After each chunk: write it to disk, drop it from the page cache, keep the pace.
+
+        Synced chunk by chunk, a copy never leaves more than one chunk of
+        dirty pages for the filesystem's journal commits (and so the Raft
+        journal's fdatasyncs) to wait for; dropped from the cache, it does not
+        push the store's pages out of memory.
+        """
+        started = time.monotonic()
+        synced = 0
+
+        def done(copied: int) -> None:
+            nonlocal synced
+            if self._stop.is_set():
+                raise InterruptedError("snapshot copy stopped")
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, offset + synced, copied - synced, os.POSIX_FADV_DONTNEED)
+            synced = copied
+            rate = self._pacing.bytes_per_s
+            if rate:
+                ahead = copied / rate - (time.monotonic() - started)
+                if ahead > 0 and self._stop.wait(ahead):
+                    raise InterruptedError("snapshot copy stopped")
+
+        return done
 
     def stop(self) -> None:
         """Abandon the copy and wait until the thread has let go of the store."""
@@ -249,7 +320,8 @@ class BackgroundSerializer(Serializer):  # type: ignore[misc]
         if self._job is not None:
             return
         try:
-            self._job = self._codec.start(self._path, data[1:])
+            # pysyncobj then drops the entries before `id` from the journal.
+            self._job = self._codec.start(self._path, data[1:], compacts_journal_to=id)
         except Exception:
             logger.exception("could not start a snapshot")
             return

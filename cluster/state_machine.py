@@ -91,7 +91,12 @@ class ReplicatedBroker(
         self.leader_changes = 0
         self._map_release_due = 0.0
         self._leader_logged: tuple[str | None, int] = (None, 0)
-        codec = SnapshotCodec(holder, os.path.join(settings.data_dir, "tmp"))
+        codec = SnapshotCodec(
+            holder,
+            os.path.join(settings.data_dir, "tmp"),
+            sync_bytes=settings.snapshot_sync_bytes,
+            bytes_per_s=settings.snapshot_copy_bytes_per_s,
+        )
         self.codec = codec
         # Called from the tick thread only, once pysyncobj has created its journal.
         codec.attach_journal(lambda: journal_of(self))

@@ -30,7 +30,11 @@ class StoreHolder:
         self._sync = sync
         os.makedirs(path, exist_ok=True)
         self.lock = threading.RLock()
+        # Held by the threads that use the store outside the tick thread and the
+        # readers' lock (the flusher's syncs), so a swap or close waits for them.
+        self._lifetime = threading.Lock()
         self.store = Store(path, map_size=map_size, sync=sync)
+        self._closed = False
 
     @property
     def path(self) -> str:
@@ -40,9 +44,15 @@ class StoreHolder:
         with self.lock:
             return fn(self.store)
 
+    def sync(self) -> None:
+        """Write the store's committed pages to disk (fdatasync), from any thread."""
+        with self._lifetime:
+            if not self._closed:
+                self.store.sync()
+
     def replace_data_file(self, data_path: str) -> None:
         """Swap the LMDB data file for `data_path` (a consistent copy) and reopen."""
-        with self.lock:
+        with self.lock, self._lifetime:
             self.store.close()
             target = os.path.join(self._path, "data.mdb")
             os.replace(data_path, target)
@@ -57,5 +67,36 @@ class StoreHolder:
             self.store = Store(self._path, map_size=self._map_size, sync=self._sync)
 
     def close(self) -> None:
-        with self.lock:
+        with self.lock, self._lifetime:
+            self._closed = True
             self.store.close()
+
+
+class StoreFlusher:
+    """Syncs the store every `period_s` on its own thread while applies go on.
+
+    The store is written without syncs (the Raft journal is what makes a write
+    durable), so its dirty pages would pile up in the page cache, gigabytes
+    under a steady load, until the kernel writes them back in bursts. On ext4
+    such a burst stalls every fdatasync on the filesystem, the Raft journal's
+    too, for seconds: long enough for elections. Syncing every second keeps
+    each write-back to one second of changes.
+    """
+
+    def __init__(self, holder: StoreHolder, period_s: float) -> None:
+        self._holder = holder
+        self._period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="raftmq-store-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            try:
+                self._holder.sync()
+            except Exception:
+                logger.exception("syncing the store failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

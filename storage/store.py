@@ -322,23 +322,23 @@ class PinnedState:
         offset: int,
         *,
         chunk: int = 64 << 20,
-        stop: Callable[[], bool] = lambda: False,
+        between_chunks: Callable[[int], None] = lambda copied: None,
     ) -> int:
         """Write the state's data file at `offset` of `out_fd`; returns its size.
 
-        Raises InterruptedError when `stop()` turns true between chunks.
+        `between_chunks(bytes copied so far)` runs after every `chunk` bytes
+        (to sync, pace or stop the copy by raising).
         """
         os.pwrite(out_fd, self._meta, offset)
         copied = len(self._meta)
         while copied < self.size:
-            if stop():
-                raise InterruptedError("copy stopped")
             done = os.copy_file_range(
                 self._fd, out_fd, min(chunk, self.size - copied), copied, offset + copied
             )
             if done == 0:
                 raise RuntimeError(f"data file ended at {copied} of {self.size} bytes")
             copied += done
+            between_chunks(copied)
         return copied
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from cluster.journal import (
     DEFAULT_RESIDENT_BYTES,
     HEADER,
     HEADER_SIZE,
+    PRECOMPACT_SUFFIX,
     DurableJournal,
     Entry,
     JournalCorruptError,
@@ -154,6 +155,36 @@ def test_delete_entries_to_then_reopen(opener: Opener) -> None:
     assert opener()[:] == [entry(56)]
 
 
+def test_a_compaction_prepared_ahead_only_adds_what_came_after(opener: Opener, jpath: str) -> None:
+    j = opener()
+    fill(j, 1, 50)
+    j.prepare_compaction(31)  # on the snapshot's thread: entries 31.. are copied
+    precopy = Path(jpath + PRECOMPACT_SUFFIX)
+    assert precopy.stat().st_size > HEADER_SIZE
+    fill(j, 51, 60)
+    j.deleteEntriesTo(30)  # keeps index 31 on
+    assert not precopy.exists()  # it became the journal
+    assert j[:] == [entry(i) for i in range(31, 61)]
+    j.close()
+    assert opener()[:] == [entry(i) for i in range(31, 61)]
+
+
+def test_a_truncation_after_the_prepared_copy_makes_compaction_copy_everything(
+    opener: Opener, jpath: str
+) -> None:
+    j = opener()
+    fill(j, 1, 50)
+    j.prepare_compaction(31)
+    j.deleteEntriesFrom(45)  # a new leader's log replaced 46..50
+    fill(j, 46, 48, term=2)
+    j.deleteEntriesTo(30)
+    expected = [entry(i) for i in range(31, 46)] + [entry(i, 2) for i in range(46, 49)]
+    assert j[:] == expected
+    assert not Path(jpath + PRECOMPACT_SUFFIX).exists()
+    j.close()
+    assert opener()[:] == expected
+
+
 def test_clear_then_reopen(opener: Opener) -> None:
     j = opener()
     fill(j, 1, 10)
@@ -202,6 +233,7 @@ def test_random_operations_match_a_list_model(
     j = opener()
     model: list[Entry] = []
     next_idx, term = 1, 1
+    prepared: int | None = None  # index of the last prepare_compaction
     for _ in range(600):
         op = rng.random()
         if op < 0.6:
@@ -217,8 +249,14 @@ def test_random_operations_match_a_list_model(
             next_idx = model[-1][1] + 1 if model else next_idx
         elif op < 0.75 and model:
             k = rng.randrange(len(model) + 1)
+            if prepared is not None and rng.random() < 0.7:
+                k = max(0, min(len(model), prepared - model[0][1]))  # the snapshot's index
             j.deleteEntriesTo(k)
             model = model[k:]
+            prepared = None
+        elif op < 0.78 and model:
+            prepared = model[rng.randrange(len(model))][1]
+            j.prepare_compaction(prepared)
         elif op < 0.85:
             j.flush()
         elif op < 0.9:

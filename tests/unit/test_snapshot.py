@@ -1,6 +1,8 @@
 """Snapshots are copied from a pinned LMDB state on their own thread while applies go on."""
 
+import itertools
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,8 +11,9 @@ from typing import Any
 import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
+from cluster.journal import PRECOMPACT_SUFFIX, DurableJournal
 from cluster.snapshot import BackgroundSerializer, SnapshotCodec, snapshot_applied_index
-from cluster.store_holder import StoreHolder
+from cluster.store_holder import StoreFlusher, StoreHolder
 from storage import Store
 
 MAP_SIZE = 256 << 20
@@ -125,7 +128,8 @@ def test_a_snapshot_job_writes_a_file_that_restores_the_pinned_state(
 
 def test_stopping_a_job_abandons_its_file(holder: StoreHolder, tmp_path: Path) -> None:
     filled(holder.store)
-    codec = SnapshotCodec(holder, str(tmp_path / "tmp"))
+    # Paced to 64 KiB/s: the copy would take about a minute.
+    codec = SnapshotCodec(holder, str(tmp_path / "tmp"), sync_bytes=1 << 16, bytes_per_s=1 << 16)
     path = str(tmp_path / "snapshot.bin")
     job = codec.start(path, None)
     codec.stop_jobs()
@@ -138,17 +142,71 @@ def test_the_serializer_reports_the_job_to_pysyncobj(holder: StoreHolder, tmp_pa
     filled(holder.store)
     codec = SnapshotCodec(holder, str(tmp_path / "tmp"))
     path = str(tmp_path / "snapshot.bin")
+    journal = DurableJournal(str(tmp_path / "journal.bin"))
+    for raft_index in range(1, 51):
+        journal.add(b"command", raft_index, 1)
+    codec.attach_journal(lambda: journal)
     serializer = BackgroundSerializer(codec, path, 1 << 20)
     assert serializer.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
-    serializer.serialize((None, "last", "before last", "cluster"), 42)
+    # As pysyncobj: (state, last applied entry, the one before, cluster), and the
+    # index of the one before, from which on the journal is kept.
+    raft_data = ((b"command", 42, 1), (b"command", 41, 1), "cluster")
+    serializer.serialize((None, *raft_data), 41)
     states = []
+    index: int | None = None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         state, index = serializer.checkSerializing()
         states.append(state)
         if state != SERIALIZER_STATE.SERIALIZING:
             break
-    assert states[-1] == SERIALIZER_STATE.SUCCESS and index == 42
+    assert states[-1] == SERIALIZER_STATE.SUCCESS and index == 41
     assert set(states[:-1]) <= {SERIALIZER_STATE.SERIALIZING}
     assert serializer.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
-    assert serializer.deserialize()[1:] == ("last", "before last", "cluster")
+    # The journal's compaction to index 41 was prepared before SUCCESS was reported...
+    precopy = str(tmp_path / "journal.bin") + PRECOMPACT_SUFFIX
+    assert os.path.exists(precopy)
+    # ...and loading the snapshot aligns the journal to it (through that copy).
+    assert serializer.deserialize()[1:] == raft_data
+    assert journal[0][1] == 41 and len(journal) == 10
+    assert not os.path.exists(precopy)
+    journal.close()
+
+
+def test_a_snapshot_copy_is_paced_and_goes_chunk_by_chunk(
+    holder: StoreHolder, tmp_path: Path
+) -> None:
+    filled(holder.store)
+    with holder.store.pin() as pinned:
+        size = pinned.size
+    chunks: list[int] = []
+    codec = SnapshotCodec(holder, str(tmp_path / "tmp"), sync_bytes=1 << 18, bytes_per_s=size * 4)
+    pinned = holder.store.pin()
+    job_started = time.monotonic()
+    job = codec.start(str(tmp_path / "snapshot.bin"), None)
+    job.future.result(timeout=30)
+    # A quarter of a second at four sizes per second, give or take the header.
+    assert time.monotonic() - job_started >= 0.2
+    with pinned, open(tmp_path / "copy.mdb", "wb") as out:
+        pinned.copy_to(out.fileno(), 0, chunk=1 << 18, between_chunks=chunks.append)
+    assert chunks == sorted(chunks) and chunks[-1] == pinned.size
+    assert all(b - a == 1 << 18 for a, b in itertools.pairwise(chunks[:-1]))
+
+
+def test_the_flusher_syncs_the_store_until_stopped(holder: StoreHolder) -> None:
+    synced = threading.Semaphore(0)
+
+    class CountingHolder:
+        def sync(self) -> None:
+            holder.sync()
+            synced.release()
+
+    flusher = StoreFlusher(CountingHolder(), 0.01)  # type: ignore[arg-type]
+    for _ in range(3):
+        assert synced.acquire(timeout=10)
+    flusher.stop()
+    while synced.acquire(timeout=0.05):  # at most one sync was under way
+        pass
+    assert not synced.acquire(timeout=0.1)
+    holder.close()
+    holder.sync()  # a closed holder's sync does nothing
