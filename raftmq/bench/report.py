@@ -261,8 +261,8 @@ def extras_tables(results: Result) -> str:
     if backlogs:
         lines = [
             "| backlog msgs | msg/s overall | first 10 % | last 10 % | max node RSS | "
-            "max total RSS (3 nodes) |",
-            "|---|---|---|---|---|---|",
+            "max total RSS (3 nodes) | elections | delete |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         mib = 1 / 1024
         node = _med(backlogs, "rss_max_node_kib")
@@ -273,7 +273,9 @@ def extras_tables(results: Result) -> str:
             f"| {_fmt(_med(backlogs, 'rate_first_10pct'), '{:,.0f}')} "
             f"| {_fmt(_med(backlogs, 'rate_last_10pct'), '{:,.0f}')} "
             f"| {_fmt(None if node is None else node * mib, '{:,.0f} MiB')} "
-            f"| {_fmt(None if total is None else total * mib, '{:,.0f} MiB')} |"
+            f"| {_fmt(None if total is None else total * mib, '{:,.0f} MiB')} "
+            f"| {_fmt(_med(backlogs, 'elections'), '{:.0f}')} "
+            f"| {_fmt(_med(backlogs, 'delete_seconds'), '{:.2f} s')} |"
         )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

@@ -582,6 +582,7 @@ async def backlog(peer: RaftMQ, p: Params, progress: Progress | None = None) -> 
 
     pids = peer.server_pids()
     c0, s0 = time.process_time(), proc_cpu(pids)
+    term0 = int((await peer.mq.cluster())["term"])
     sampler = _RssSampler(peer.server_pids)
     with sampler:
         t0 = time.perf_counter()
@@ -614,6 +615,8 @@ async def backlog(peer: RaftMQ, p: Params, progress: Progress | None = None) -> 
         "rss_max_total_kib": sampler.max_total_kib or None,
         "client_cpu_s": time.process_time() - c0,
         "broker_cpu_s": proc_cpu(pids) - s0,
+        # Each election raises the Raft term by one (won or not).
+        "elections": int((await peer.mq.cluster())["term"]) - term0,
     }
     prog.note = "deleting the backlog"
     t = time.perf_counter()
