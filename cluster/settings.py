@@ -38,8 +38,8 @@ class RaftSettings:
     max_commands_per_entry: int = 2000
     max_pending_commands: int = 50000
     lmdb_map_size: int = 16 << 30
-    # The store is synced this often in the background (cluster.store_holder.StoreFlusher).
-    store_flush_period_s: float = 1.0
+    # The store's write-back is started this often (cluster.store_holder.StoreFlusher).
+    store_flush_period_s: float = 0.2
     # A snapshot copy is synced to disk every this many bytes, and paced to at most
     # this many bytes per second, so the Raft journal's fdatasyncs never queue
     # behind gigabytes of snapshot data (cluster.snapshot.SnapshotJob).

@@ -20,6 +20,7 @@ from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
 from storage.mapped import mapped_ranges, release_mapped_pages
 from storage.mutation import Dbs, Mutation
+from storage.writeback import start_writeback
 
 T = TypeVar("T")
 
@@ -126,6 +127,10 @@ class Store:
 
     def sync(self) -> None:
         self._env.sync(True)
+
+    def start_writeback(self) -> None:
+        """Hand the data file's dirty pages to the disk without waiting (storage/writeback.py)."""
+        start_writeback(os.path.join(self._path, "data.mdb"))
 
     def release_mapped_pages(self) -> None:
         """Stop counting the database's pages this process has read in its RSS.

@@ -193,12 +193,12 @@ def test_a_snapshot_copy_is_paced_and_goes_chunk_by_chunk(
     assert all(b - a == 1 << 18 for a, b in itertools.pairwise(chunks[:-1]))
 
 
-def test_the_flusher_syncs_the_store_until_stopped(holder: StoreHolder) -> None:
+def test_the_flusher_writes_the_store_back_until_stopped(holder: StoreHolder) -> None:
     synced = threading.Semaphore(0)
 
     class CountingHolder:
-        def sync(self) -> None:
-            holder.sync()
+        def start_writeback(self) -> None:
+            holder.start_writeback()
             synced.release()
 
     flusher = StoreFlusher(CountingHolder(), 0.01)  # type: ignore[arg-type]
@@ -209,4 +209,5 @@ def test_the_flusher_syncs_the_store_until_stopped(holder: StoreHolder) -> None:
         pass
     assert not synced.acquire(timeout=0.1)
     holder.close()
-    holder.sync()  # a closed holder's sync does nothing
+    holder.start_writeback()  # a closed holder's does nothing
+    holder.sync()
