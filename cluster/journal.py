@@ -160,7 +160,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
     pysyncobj reads only to catch up a lagging follower) are read back from
     the file, so a long log between two snapshots does not grow the heap.
     Method names follow pysyncobj's Journal interface. Thread-safe; pysyncobj
-    uses it from its tick thread only.
+    uses it from its tick thread; a snapshot's thread calls prepare_compaction.
     """
 
     def __init__(

@@ -103,7 +103,11 @@ class SnapshotCodec:
             journal.deleteEntriesTo(position)
 
     def serialize(self, path: str, raft_data: Any) -> None:
-        """Write a snapshot to `path` and wait for it (pysyncobj's synchronous hook)."""
+        """Write a snapshot to `path` and wait for it.
+
+        pysyncobj's own Serializer calls this hook synchronously; it serves only
+        until ReplicatedBroker swaps in a BackgroundSerializer on its first tick.
+        """
         self.start(path, raft_data).future.result()
 
     def start(
