@@ -39,16 +39,17 @@ async def reap_forever(raft: RaftPort) -> None:
                 result = await raft.propose_as_leader(
                     {"op": "reap", "max_keys": REAP_MAX_KEYS, "now_ms": now_ms()}
                 )
-                removed += int(result.get("removed", 0))
-                more = bool(result.get("more"))
             except ClusterError as exc:
                 logger.debug("reap not committed: %s", exc)
                 more = False
-        if not more and started is not None and not raft.read(lambda s: s.has_buried()):
-            logger.info(
-                "removed %d keys of deleted and purged queues in %.1f s",
-                removed,
-                time.monotonic() - started,
-            )
-            started = None
+            else:
+                removed += int(result.get("removed", 0))
+                more = bool(result.get("more"))
+                if not more:
+                    logger.info(
+                        "removed %d keys of deleted and purged queues in %.1f s",
+                        removed,
+                        time.monotonic() - started,
+                    )
+                    started = None
         await asyncio.sleep(REAP_PAUSE_S if more else REAP_IDLE_S)

@@ -189,6 +189,11 @@ def generation_prefix(name: str, generation: int) -> bytes:
     return name.encode() + b"\x01" + U64.pack(generation)
 
 
+def messages_prefix(name: str, record: dict[str, Any]) -> bytes:
+    """The prefix of the messages, ready and timers keys of a queue, from its record."""
+    return generation_prefix(name, record.get("mgen", 0))
+
+
 def graveyard_key(generation: int, kind: int, name: str) -> bytes:
     return U64.pack(generation) + bytes((kind,)) + name.encode()
 

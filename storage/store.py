@@ -185,7 +185,7 @@ class Store:
         self, txn: lmdb.Transaction[bytes], name: str, record: dict[str, Any], now: int
     ) -> dict[str, Any]:
         """Visible stats: timers due by `now` count as ready even before a receive promotes them."""
-        q = keys.generation_prefix(name, record.get("mgen", 0))
+        q = keys.messages_prefix(name, record)
         due_delayed = 0
         due_leases = 0
         with txn.cursor(db=self._dbs.timers) as cursor:
@@ -252,7 +252,7 @@ class Store:
     def _first_due(
         self, txn: lmdb.Transaction[bytes], name: str, record: dict[str, Any]
     ) -> int | None:
-        q = keys.generation_prefix(name, record.get("mgen", 0))
+        q = keys.messages_prefix(name, record)
         with txn.cursor(db=self._dbs.timers) as cursor:
             if cursor.set_range(q) and cursor.key().startswith(q):
                 return keys.split_timer_key(q, cursor.key())[0]

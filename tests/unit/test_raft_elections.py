@@ -14,7 +14,6 @@ waits are on conditions, the only sleeps let wall time pass a timeout.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException
 
 from cluster.raft_fixes import KeepPeerLinksAlive, ReadBeforeElection
+from tests.unit.test_journal_durability import free_ports
 
 CONNECTION_TIMEOUT = 1.0
 ELECTION_MIN = 0.2
@@ -54,17 +54,6 @@ class WithReadBeforeElection(ReadBeforeElection, Plain):
     pass
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def tick(nodes: list[Plain], rounds: int = 1) -> None:
     for _ in range(rounds):
         for node in nodes:
@@ -91,7 +80,7 @@ def start() -> Iterator[Callable[[type[Plain]], list[Plain]]]:
 
     def run(cls: type[Plain]) -> list[Plain]:
         for _ in range(5):
-            addrs = [f"127.0.0.1:{p}" for p in _free_ports(3)]
+            addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
             nodes: list[Plain] = []
             try:
                 for addr in addrs:

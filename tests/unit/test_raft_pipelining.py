@@ -1,6 +1,5 @@
 """pysyncobj re-sends in-flight entries after each ack and followers truncate; our fix stops it."""
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +9,7 @@ import pytest
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, replicated
 
 from cluster.raft_fixes import PipelinedReplication
+from tests.unit.test_journal_durability import free_ports
 
 
 class CountingCounter(SyncObj):  # type: ignore[misc]
@@ -46,17 +46,6 @@ class FixedCounter(PipelinedReplication, CountingCounter):
     pass
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -72,7 +61,7 @@ def start() -> Iterator[Callable[[type[CountingCounter]], list[CountingCounter]]
 
     def run(cls: type[CountingCounter]) -> list[CountingCounter]:
         for _ in range(5):
-            addrs = [f"127.0.0.1:{p}" for p in _free_ports(3)]
+            addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
             nodes: list[CountingCounter] = []
             try:
                 for addr in addrs:
