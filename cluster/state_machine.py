@@ -22,6 +22,7 @@ from cluster.settings import RaftSettings
 from cluster.snapshot import BackgroundSerializer, SnapshotCodec
 from cluster.store_holder import StoreHolder
 from cluster.transport import FlushingTransport
+from cluster.wire_framing import install_stored_framing
 from cluster.wire_guard import install_wire_guard
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class ReplicatedBroker(
         codec.attach_journal(lambda: journal_of(self))
         install_journal(settings.fsync)
         install_wire_guard()
+        install_stored_framing()
         super().__init__(
             settings.raft_address,
             [p for p in settings.peers if p != settings.raft_address],
