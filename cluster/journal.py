@@ -326,6 +326,11 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         return self._path
 
     @property
+    def size_bytes(self) -> int:
+        """Bytes of the journal file, with what is buffered to be written."""
+        return self._written + len(self._buffer)
+
+    @property
     def fsync(self) -> bool:
         return self._fsync
 

@@ -286,7 +286,8 @@ class RaftNode:
         raise NoLeader("leadership transfer did not complete in time; retry")
 
     def counters(self) -> dict[str, Any]:
-        """Monotonic counters for metrics: leader changes, proposals, entry sizes."""
+        """Counters for metrics: leader changes, proposals, entry sizes; and whether a
+        snapshot is being put off (see RaftSettings.snapshot_log_ratio)."""
         proposer = self._proposer
         return {
             "leader_changes": self._broker.leader_changes,
@@ -295,6 +296,7 @@ class RaftNode:
             "companions_proposed": proposer.companions_proposed if proposer else 0,
             "entry_size_counts": list(proposer.entry_size_counts) if proposer else [],
             "waiting_proposals": proposer.waiting if proposer else 0,
+            "snapshot_put_off": self._broker.snapshot_put_off,
         }
 
     def write_backup(self, path: str) -> "concurrent.futures.Future[int]":

@@ -26,9 +26,18 @@ class RaftSettings:
     leader_fallback_s: float = 1.5
     connection_timeout_s: float = 2.0
     connection_retry_s: float = 0.5
-    # Compact the Raft log into a snapshot after this many entries or this long.
+    # Compact the Raft log into a snapshot after this many entries or this long...
     snapshot_entries: int = 20000
     snapshot_interval_s: float = 600.0
+    # ...but, once the store is larger than snapshot_small_store_bytes, only when
+    # the journal holds at least snapshot_log_ratio times the store's size. A
+    # snapshot copies the whole store: taken every N entries its cost would grow
+    # with the backlog (quadratic write volume as a queue fills); taken when the
+    # log has grown by a fixed fraction of the store, it stays a bounded multiple
+    # of what was written (the Raft dissertation's rule, section 5.1.3). Disk use
+    # stays below store + snapshot + ratio x store. 0 turns the rule off.
+    snapshot_log_ratio: float = 1.0
+    snapshot_small_store_bytes: int = 64 << 20
     # Size of one snapshot chunk sent to a follower that fell behind.
     snapshot_chunk_bytes: int = 1 << 20
     append_entries_batch_bytes: int = 1 << 20

@@ -295,6 +295,20 @@ class SnapshotJob:
         self._thread.join()
 
 
+def snapshot_due(
+    journal_bytes: int, store_bytes: int, *, ratio: float, small_store_bytes: int
+) -> bool:
+    """Whether a snapshot is worth its copy (RaftSettings.snapshot_log_ratio).
+
+    A snapshot copies the whole store; it is due once the journal it replaces
+    holds at least ``ratio`` times the store's size, or at once while the store
+    is small (at most ``small_store_bytes``) or the rule is off (``ratio`` 0).
+    """
+    if ratio <= 0 or store_bytes <= small_store_bytes:
+        return True
+    return journal_bytes >= ratio * store_bytes
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -313,15 +327,25 @@ class BackgroundSerializer(Serializer):  # type: ignore[misc]
     meanwhile, as they do while pysyncobj's own forked serializer runs.
     """
 
-    def __init__(self, codec: SnapshotCodec, path: str, transmission_batch_bytes: int) -> None:
+    def __init__(
+        self,
+        codec: SnapshotCodec,
+        path: str,
+        transmission_batch_bytes: int,
+        due: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """``due`` is asked each time pysyncobj wants a snapshot; False puts it off."""
         super().__init__(path, transmission_batch_bytes, False, None, codec.deserialize, None)
         self._codec = codec
         self._path = path
+        self._due = due
         self._job: SnapshotJob | None = None
         self._job_index: int | None = None
 
     def serialize(self, data: Any, id: int) -> None:
-        if self._job is not None:
+        # Declining leaves pysyncobj's own schedule where it was: it asks again
+        # on the next tick, and the copy starts once ``due`` agrees.
+        if self._job is not None or not self._due():
             return
         try:
             # pysyncobj then drops the entries before `id` from the journal.

@@ -19,7 +19,7 @@ from cluster.raft_fixes import (
     ReadBeforeElection,
 )
 from cluster.settings import RaftSettings
-from cluster.snapshot import BackgroundSerializer, SnapshotCodec
+from cluster.snapshot import BackgroundSerializer, SnapshotCodec, snapshot_due
 from cluster.store_holder import StoreHolder
 from cluster.transport import FlushingTransport
 from cluster.wire_framing import install_stored_framing
@@ -88,7 +88,10 @@ class ReplicatedBroker(
         raft_dir = os.path.join(settings.data_dir, "raft")
         os.makedirs(raft_dir, exist_ok=True)
         self._holder = holder
+        self._settings = settings
         self._on_applied = on_applied
+        self._snapshot_forced = False
+        self._snapshot_put_off = False
         self.leader_changes = 0
         self._map_release_due = 0.0
         self._leader_logged: tuple[str | None, int] = (None, 0)
@@ -130,7 +133,7 @@ class ReplicatedBroker(
             # Swapped on the tick thread before its first log compaction can start.
             conf = self._SyncObj__conf
             self._SyncObj__serializer = BackgroundSerializer(
-                self.codec, conf.fullDumpFile, conf.logCompactionBatchSize
+                self.codec, conf.fullDumpFile, conf.logCompactionBatchSize, self._snapshot_due
             )
         super()._onTick(timeToWait)
         leader = self._SyncObj__raftLeader
@@ -138,6 +141,41 @@ class ReplicatedBroker(
         if seen != self._leader_logged and seen[0] is not None:
             self._leader_logged = seen
             logger.info("leader is %s (term %d)", *seen)
+
+    @property
+    def snapshot_put_off(self) -> bool:
+        """True from when a due snapshot was put off by the log ratio until one is due."""
+        return self._snapshot_put_off
+
+    def forceLogCompaction(self) -> None:
+        """Snapshot on the next tick whatever the journal's size (pysyncobj's API)."""
+        self._snapshot_forced = True
+        super().forceLogCompaction()
+
+    def _snapshot_due(self) -> bool:
+        """Asked on the tick thread when pysyncobj's entry count or timer calls for a
+        snapshot: see RaftSettings.snapshot_log_ratio."""
+        journal = journal_of(self)
+        if self._snapshot_forced or journal is None:
+            self._snapshot_forced = False
+            return True
+        journal_bytes, store_bytes = journal.size_bytes, self._holder.store.used_bytes()
+        due = snapshot_due(
+            journal_bytes,
+            store_bytes,
+            ratio=self._settings.snapshot_log_ratio,
+            small_store_bytes=self._settings.snapshot_small_store_bytes,
+        )
+        if due == self._snapshot_put_off:
+            self._snapshot_put_off = not due
+            logger.info(
+                "snapshot %s: journal %d MiB, store %d MiB, log ratio %.2f",
+                "due again" if due else "put off until the journal reaches the log ratio",
+                journal_bytes >> 20,
+                store_bytes >> 20,
+                self._settings.snapshot_log_ratio,
+            )
+        return due
 
     @replicated  # type: ignore[untyped-decorator]
     def apply_batch(self, payload: bytes) -> list[dict[str, Any]] | None:

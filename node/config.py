@@ -131,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact the Raft log after this many entries (default: %(default)s)",
     )
     parser.add_argument(
+        "--snapshot-log-ratio",
+        type=float,
+        default=RaftSettings.snapshot_log_ratio,
+        help="once the store exceeds 64 MiB, snapshot only when the Raft journal is at "
+        "least this many times the store's size; 0: every --snapshot-entries "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--proposal-timeout",
         type=float,
         default=RaftSettings.proposal_timeout_s,
@@ -204,6 +212,8 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
     for peer in peers:
         _host_port(peer)
+    if args.snapshot_log_ratio < 0:
+        parser.error("--snapshot-log-ratio must be 0 or more")
     raft = RaftSettings(
         raft_address=args.raft,
         peers=peers,
@@ -211,6 +221,7 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         fsync=args.fsync == "always",
         cluster_secret=args.cluster_secret,
         snapshot_entries=args.snapshot_entries,
+        snapshot_log_ratio=args.snapshot_log_ratio,
         proposal_timeout_s=args.proposal_timeout,
         max_pending_commands=args.max_pending_commands,
         election_timeout_min_s=args.election_timeout[0],

@@ -151,6 +151,13 @@ class BrokerCollector(Collector):
         )
         long_polls.add_metric([], self._waiters.waiting)
         yield long_polls
+        put_off = GaugeMetricFamily(
+            "raftmq_snapshot_put_off",
+            "1 while a snapshot is put off until the Raft journal reaches the log ratio "
+            "(--snapshot-log-ratio) of the store's size.",
+        )
+        put_off.add_metric([], int(counters["snapshot_put_off"]))
+        yield put_off
         waiting = GaugeMetricFamily(
             "raftmq_proposals_waiting", "Commands proposed and not answered yet."
         )

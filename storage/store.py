@@ -152,6 +152,10 @@ class Store:
         """
         return PinnedState(self._env, os.path.join(self._path, "data.mdb"), self._dbs.meta)
 
+    def used_bytes(self) -> int:
+        """Bytes of the data file up to its last used page: what a snapshot copies."""
+        return (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
+
     def copy_to(self, path: str) -> None:
         """Write a compacted, consistent copy of the environment into directory `path`."""
         os.makedirs(path, exist_ok=True)

@@ -97,6 +97,7 @@ class FakeRaft:
             "companions_proposed": 0,
             "entry_size_counts": [],
             "waiting_proposals": 0,
+            "snapshot_put_off": False,
         }
 
     def members(self) -> list[str]:

@@ -1,5 +1,6 @@
 """Snapshots are copied from a pinned LMDB state on their own thread while applies go on."""
 
+import asyncio
 import itertools
 import os
 import threading
@@ -12,9 +13,17 @@ import pytest
 from pysyncobj.config import SERIALIZER_STATE
 
 from cluster.journal import PRECOMPACT_SUFFIX, DurableJournal
-from cluster.snapshot import BackgroundSerializer, SnapshotCodec, snapshot_applied_index
+from cluster.raft_node import RaftNode
+from cluster.settings import RaftSettings
+from cluster.snapshot import (
+    BackgroundSerializer,
+    SnapshotCodec,
+    snapshot_applied_index,
+    snapshot_due,
+)
 from cluster.store_holder import StoreFlusher, StoreHolder
 from storage import Store
+from tests.unit.test_journal_durability import free_ports
 
 MAP_SIZE = 256 << 20
 
@@ -211,3 +220,80 @@ def test_the_flusher_writes_the_store_back_until_stopped(holder: StoreHolder) ->
     holder.close()
     holder.start_writeback()  # a closed holder's does nothing
     holder.sync()
+
+
+@pytest.mark.parametrize(
+    ("journal_bytes", "store_bytes", "ratio", "due"),
+    [
+        (10 << 20, 50 << 20, 1.0, True),  # a small store: every time pysyncobj asks
+        (100 << 20, 200 << 20, 1.0, False),  # the journal is half the store
+        (200 << 20, 200 << 20, 1.0, True),
+        (60 << 20, 200 << 20, 0.25, True),
+        (1, 200 << 20, 0.0, True),  # the rule is off
+    ],
+)
+def test_a_snapshot_is_due_once_the_journal_reaches_the_log_ratio(
+    journal_bytes: int, store_bytes: int, ratio: float, due: bool
+) -> None:
+    assert snapshot_due(journal_bytes, store_bytes, ratio=ratio, small_store_bytes=64 << 20) is due
+
+
+def test_the_serializer_starts_nothing_while_the_snapshot_is_not_due(
+    holder: StoreHolder, tmp_path: Path
+) -> None:
+    filled(holder.store)
+    codec = SnapshotCodec(holder, str(tmp_path / "tmp"))
+    path = str(tmp_path / "snapshot.bin")
+    verdicts = [False, True]
+    serializer = BackgroundSerializer(codec, path, 1 << 20, lambda: verdicts.pop(0))
+    raft_data = (None, (b"command", 42, 1), (b"command", 41, 1), "cluster")
+    serializer.serialize(raft_data, 41)
+    assert serializer.checkSerializing() == (SERIALIZER_STATE.NOT_SERIALIZING, None)
+    assert not os.path.exists(path) and not os.path.exists(path + ".part")
+    serializer.serialize(raft_data, 41)  # pysyncobj asks again on a later tick
+    deadline = time.monotonic() + 30
+    while serializer.checkSerializing()[0] == SERIALIZER_STATE.SERIALIZING:
+        assert time.monotonic() < deadline
+    assert snapshot_applied_index(path) == 3000 // 500 + 1
+
+
+def _single_node(tmp_path: Path, ratio: float) -> RaftNode:
+    [port] = free_ports(1)
+    return RaftNode(
+        RaftSettings(
+            raft_address=f"127.0.0.1:{port}",
+            peers=(),
+            data_dir=str(tmp_path),
+            fsync=False,
+            snapshot_entries=20,
+            snapshot_log_ratio=ratio,
+            snapshot_small_store_bytes=0,
+        )
+    )
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1000.0])
+async def test_a_node_puts_its_snapshot_off_until_the_journal_reaches_the_ratio(
+    tmp_path: Path, ratio: float
+) -> None:
+    """With the rule off the node snapshots after --snapshot-entries; with a ratio
+    its journal cannot reach, it says so (the metric's counter) and writes nothing."""
+    node = _single_node(tmp_path, ratio)
+    try:
+        node.attach_loop(asyncio.get_running_loop())
+        while not node.is_leader():
+            await asyncio.sleep(0.01)
+        await node.propose({"op": "declare_queue", "queue": "q", "now_ms": 1})
+        for i in range(40):
+            message = {"id": f"m{i}", "body": "x" * 100}
+            command = {"op": "publish", "queue": "q", "messages": [message], "now_ms": 2 + i}
+            assert (await node.propose(command))["status"] == "ok"
+        snapshot = tmp_path / "raft" / "snapshot.bin"
+        deadline = time.monotonic() + 30
+        while not (snapshot.exists() or node.counters()["snapshot_put_off"]):
+            assert time.monotonic() < deadline, "pysyncobj never asked for a snapshot"
+            await asyncio.sleep(0.01)
+        assert snapshot.exists() is (ratio == 0.0)
+        assert node.counters()["snapshot_put_off"] is (ratio != 0.0)
+    finally:
+        node.close()
