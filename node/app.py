@@ -26,6 +26,7 @@ from node.validation import (
     check_name,
     expect_object,
     publish_command,
+    publish_many_commands,
     queue_config,
     receipts_command,
     receive_params,
@@ -217,6 +218,35 @@ async def publish(request: web.Request) -> web.Response:
     return json_response({"ids": result["ids"]})
 
 
+# A multi-queue publish is checked, queue by queue, as this route would be.
+_PUBLISH_ROUTE = ("POST", "/v1/queues/{queue}/messages")
+
+
+async def publish_many(request: web.Request) -> web.Response:
+    """Publishes to several queues in one request (one Raft entry when it fits).
+
+    Each queue's messages are all or nothing, as with a single-queue publish;
+    queues succeed or fail on their own: every entry of `results` holds the
+    queue's ids or its error. The caller needs write permission on every queue
+    named, checked before anything is proposed.
+    """
+    raft = request.app[RAFT]
+    raft.require_leader()
+    commands = publish_many_commands(await read_json(request), request.app[CONFIG].limits, now_ms())
+    read_store = auth.store_lookup(raft)
+    for command in commands:
+        auth.authorize(request, read_store, _PUBLISH_ROUTE, {"queue": command["queue"]})
+    outcomes = await asyncio.gather(*(_commit(request, command) for command in commands))
+    results: list[dict[str, Any]] = []
+    for command, result in zip(commands, outcomes, strict=True):
+        if result.get("status") == "ok":
+            results.append({"queue": command["queue"], "ids": result["ids"]})
+        else:
+            error = from_result(result, command["queue"])
+            results.append({"queue": command["queue"], "status": error.status, **error.body()})
+    return json_response({"results": results})
+
+
 async def receive(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     raft = request.app[RAFT]
@@ -385,6 +415,7 @@ def routes() -> list[web.RouteDef]:
         web.delete("/v1/queues/{queue}", delete_queue),
         web.post("/v1/queues/{queue}/purge", purge_queue),
         web.post("/v1/queues/{queue}/messages", publish),
+        web.post("/v1/messages", publish_many),
         web.post("/v1/queues/{queue}/receive", receive),
         web.post("/v1/queues/{queue}/ack", ack),
         web.post("/v1/queues/{queue}/nack", nack),
@@ -470,9 +501,7 @@ async def _background(app: web.Application) -> Any:
 def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     waiters = QueueWaiters(config.limits.max_waiters)
     metrics = Metrics(raft, config, waiters)
-    authenticate = auth.middleware(
-        lambda fn: raft.read(lambda store: store.view(fn)), config.metrics_auth, raft.is_leader
-    )
+    authenticate = auth.middleware(auth.store_lookup(raft), config.metrics_auth, raft.is_leader)
     app = web.Application(
         middlewares=[
             logs.request_id_middleware,

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from node.errors import ApiError
 from node.openapi import OPENAPI_PATH
+from node.ports import RaftPort
 from storage import users
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,6 +78,8 @@ def rules(metrics_auth: bool) -> dict[tuple[str, str], Rule]:
         ("DELETE", "/v1/queues/{queue}"): _perm(("configure", q)),
         ("POST", "/v1/queues/{queue}/purge"): _perm(("configure", q)),
         ("POST", "/v1/queues/{queue}/messages"): _perm(("write", q)),
+        # write on each queue named in the body, checked by the handler (node.app)
+        ("POST", "/v1/messages"): Rule(AUTHENTICATED),
         ("POST", "/v1/queues/{queue}/receive"): _perm(("read", q)),
         ("POST", "/v1/queues/{queue}/ack"): _perm(("read", q)),
         ("POST", "/v1/queues/{queue}/nack"): _perm(("read", q)),
@@ -141,6 +144,11 @@ def check(rule: Rule, record: dict[str, Any], match_info: dict[str, str], user: 
 
 
 AuthLookup = Callable[[Callable[[Any, Any], Any]], Any]
+
+
+def store_lookup(raft: RaftPort) -> AuthLookup:
+    """Reads users and permissions from this node's store, one read transaction each."""
+    return lambda fn: raft.read(lambda store: store.view(fn))
 
 
 # GET routes that only the leader serves (the others read this node's store).

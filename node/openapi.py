@@ -208,20 +208,16 @@ def _schemas(limits: Limits) -> dict[str, Schema]:
         "records": counter,
         "bytes": counter,
     }
+    error = _object(
+        {
+            "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+            "message": {"type": "string", "minLength": 1},
+        },
+        ("code", "message"),
+    )
     return {
         "Name": name,
-        "Error": _object(
-            {
-                "error": _object(
-                    {
-                        "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
-                        "message": {"type": "string", "minLength": 1},
-                    },
-                    ("code", "message"),
-                )
-            },
-            ("error",),
-        ),
+        "Error": _object({"error": error}, ("error",)),
         "QueueConfigIn": _object(queue_config),
         "QueueConfig": _object(
             {
@@ -277,6 +273,40 @@ def _schemas(limits: Limits) -> dict[str, Schema]:
                 }
             },
             ("messages",),
+        ),
+        "PublishManyIn": _object(
+            {
+                "publishes": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _object(
+                        {
+                            "queue": _ref("Name"),
+                            "messages": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": _ref("MessageIn"),
+                            },
+                        },
+                        ("queue", "messages"),
+                    ),
+                    "description": f"each queue at most once; at most {limits.max_batch} "
+                    "messages in all",
+                }
+            },
+            ("publishes",),
+        ),
+        "PublishResult": _object(
+            {
+                "queue": _ref("Name"),
+                "ids": {"type": "array", "items": {"type": "string"}},
+                "status": {
+                    "type": "integer",
+                    "description": "the HTTP status this queue's publish alone would have had",
+                },
+                "error": error,
+            },
+            ("queue",),
         ),
         "ReceiveIn": _object(
             {
@@ -615,6 +645,27 @@ def _queue_paths(limits: Limits) -> dict[str, Schema]:
                 leader=True,
                 parameters=queue,
                 body=_json_body(_ref("PublishIn")),
+            )
+        },
+        "/v1/messages": {
+            "post": _operation(
+                "publishMany",
+                "queues",
+                "Publish to several queues in one request: each queue's messages all or "
+                "nothing, each queue's outcome on its own (write permission on every queue).",
+                {
+                    "200": _json_response(
+                        "One result per queue, in request order: its ids, or its error and "
+                        "the status a single-queue publish would have had.",
+                        _object(
+                            {"results": {"type": "array", "items": _ref("PublishResult")}},
+                            ("results",),
+                        ),
+                    ),
+                    "403": _error_ref("Forbidden"),
+                },
+                leader=True,
+                body=_json_body(_ref("PublishManyIn")),
             )
         },
         "/v1/queues/{queue}/receive": {

@@ -125,8 +125,7 @@ class _Channel:
         self.subs: dict[str, _Sub] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_FRAMES_IN_FLIGHT)
-        raft = self.raft
-        self.read_store = lambda fn: raft.read(lambda store: store.view(fn))
+        self.read_store = auth.store_lookup(self.raft)
         self.closing: bytes | None = None
 
     # -- plumbing

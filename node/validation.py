@@ -171,6 +171,36 @@ def publish_command(
     }
 
 
+def publish_many_commands(
+    body: dict[str, Any], limits: Limits, now_ms: int
+) -> list[dict[str, Any]]:
+    """One publish command per queue of a multi-queue publish (POST /v1/messages)."""
+    reject_unknown(body, {"publishes"})
+    groups = body.get("publishes")
+    if not isinstance(groups, list) or not groups:
+        raise bad_request("publishes must be a non-empty list of {queue, messages}")
+    commands: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    total = 0
+    for group in groups:
+        if not isinstance(group, dict):
+            raise bad_request("each publish must be an object with a queue and its messages")
+        reject_unknown(group, {"queue", "messages"})
+        queue = group.get("queue")
+        if not isinstance(queue, str):
+            raise bad_request("each publish needs a queue name")
+        check_name(queue)
+        if queue in seen:
+            raise bad_request(f"queue {queue!r} appears twice: put its messages in one list")
+        seen.add(queue)
+        command = publish_command(queue, {"messages": group.get("messages")}, limits, now_ms)
+        total += len(command["messages"])
+        if total > limits.max_batch:
+            raise bad_request(f"at most {limits.max_batch} messages per request")
+        commands.append(command)
+    return commands
+
+
 def receive_params(body: dict[str, Any], limits: Limits) -> tuple[int, float, int | None]:
     """(max, wait seconds, lease ms or None for the queue's default)."""
     reject_unknown(body, {"max", "wait", "visibility_timeout"})

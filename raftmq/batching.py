@@ -22,7 +22,9 @@ refusal of a multi-item batch (a 4xx other than a missing queue, e.g. one messag
 too large, or ``queue_full``) is retried item by item, so only the offending caller
 sees the error, as it would have without coalescing.
 
-Calls for different queues never share a request; calls for one queue that are
+Publishes to different queues share a request when the client can send them in
+one (``POST /v1/messages``, see :class:`Batcher`'s ``publish_many``): many queues
+then cost what one does. Acks never mix queues. Calls for one queue that are
 concurrent have no order between them, as before. A caller that awaits each call
 before the next keeps its order.
 """
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -48,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_IN_FLIGHT",
     "Batcher",
     "Coalescer",
+    "ItemFailed",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,15 @@ DEFAULT_MAX_IN_FLIGHT = 4
 I = TypeVar("I")  # noqa: E741 - item
 R = TypeVar("R")  # result
 
-SendFn = Callable[[str, list[I]], Awaitable[list[R]]]
+
+@dataclass(frozen=True)
+class ItemFailed:
+    """A result of ``send`` that fails its own caller only (the rest of the batch succeeded)."""
+
+    error: BaseException
+
+
+SendFn = Callable[[str, list[I]], Awaitable[Sequence[R | ItemFailed]]]
 
 
 @dataclass
@@ -242,7 +253,11 @@ class Coalescer(Generic[I, R]):
                     entry.future.set_exception(exc)
             return
         for entry, result in zip(batch, results, strict=True):
-            if not entry.future.done():
+            if entry.future.done():
+                continue
+            if isinstance(result, ItemFailed):
+                entry.future.set_exception(result.error)
+            else:
                 entry.future.set_result(result)
 
 
@@ -264,7 +279,13 @@ def _message_size(wire: dict[str, Any]) -> int:
 
 
 PublishFn = Callable[[str, list[dict[str, Any]]], Awaitable[list[str]]]
+# (queue, wire messages) per queue -> per queue its ids, or what refused that queue
+PublishManyFn = Callable[
+    [list[tuple[str, list[dict[str, Any]]]]], Awaitable[list["list[str] | BaseException"]]
+]
 AckFn = Callable[[str, list[str]], Awaitable["AckResult"]]
+# The publish lane of a Batcher whose publishes may share requests across queues.
+_ALL_QUEUES = ""
 
 
 class Batcher:
@@ -273,7 +294,9 @@ class Batcher:
 
     ``publish(queue, wire_messages)`` and ``ack(queue, receipts)`` are the client's
     ordinary (retrying) request functions; messages arrive here already in wire
-    form with their ids fixed, so a retry re-sends the same ids.
+    form with their ids fixed, so a retry re-sends the same ids. With
+    ``publish_many`` all publishes share one lane, and a batch that holds several
+    queues goes out as one request; a batch of one queue still uses ``publish``.
     """
 
     def __init__(
@@ -281,15 +304,18 @@ class Batcher:
         publish: PublishFn,
         ack: AckFn,
         *,
+        publish_many: PublishManyFn | None = None,
         linger_ms: float = DEFAULT_LINGER_MS,
         max_batch: int = DEFAULT_MAX_BATCH,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
+        self._publish_fn = publish
+        self._publish_many_fn = publish_many
         self._ack_fn = ack
         linger = linger_ms / 1000.0
-        self.publishes: Coalescer[dict[str, Any], str] = Coalescer(
-            publish,
+        self.publishes: Coalescer[tuple[str, dict[str, Any]], str] = Coalescer(
+            self._send_publishes,
             linger=linger,
             max_count=max_batch,
             max_bytes=max_batch_bytes,
@@ -307,7 +333,29 @@ class Batcher:
 
     async def publish(self, queue: str, wire: dict[str, Any]) -> str:
         """Publishes one message (wire form, id set); returns its id."""
-        return await self.publishes.submit(queue, wire, size=_message_size(wire))
+        lane = queue if self._publish_many_fn is None else _ALL_QUEUES
+        return await self.publishes.submit(lane, (queue, wire), size=_message_size(wire))
+
+    async def _send_publishes(
+        self, lane: str, items: list[tuple[str, dict[str, Any]]]
+    ) -> list[str | ItemFailed]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for queue, wire in items:
+            groups.setdefault(queue, []).append(wire)
+        if len(groups) == 1 or self._publish_many_fn is None:
+            [(queue, wires)] = groups.items()
+            return list(await self._publish_fn(queue, wires))
+        outcomes = dict(zip(groups, await self._publish_many_fn(list(groups.items())), strict=True))
+        taken = dict.fromkeys(groups, 0)
+        results: list[str | ItemFailed] = []
+        for queue, _ in items:
+            outcome = outcomes[queue]
+            if isinstance(outcome, BaseException):
+                results.append(ItemFailed(outcome))
+            else:
+                results.append(outcome[taken[queue]])
+                taken[queue] += 1
+        return results
 
     async def ack(self, queue: str, receipts: list[str]) -> AckResult:
         """Acks ``receipts``; the result counts only this caller's receipts."""

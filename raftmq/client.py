@@ -274,6 +274,26 @@ def _op_publish(queue: str, messages: Sequence[Message | Mapping[str, Any]]) -> 
     )
 
 
+PublishOutcome = list[str] | RaftMQError
+
+
+def _op_publish_many(groups: list[tuple[str, list[JSONDict]]]) -> _Call[list[PublishOutcome]]:
+    """Messages already in wire form (ids fixed), per queue, in one request."""
+    body = _dumps({"publishes": [{"queue": q, "messages": wire} for q, wire in groups]})
+    return _Call("POST", "/v1/messages", _publish_outcomes, body)
+
+
+def _publish_outcomes(data: Any) -> list[PublishOutcome]:
+    outcomes: list[PublishOutcome] = []
+    for result in data["results"]:
+        if "ids" in result:
+            outcomes.append([str(i) for i in result["ids"]])
+        else:
+            body = orjson.dumps({"error": result["error"]})
+            outcomes.append(_error_from(_Response(int(result["status"]), {}, body)))
+    return outcomes
+
+
 def _op_receive(
     queue: str, limit: int, wait: float, visibility_timeout: float | None
 ) -> _Call[list[ReceivedMessage]]:
@@ -1226,8 +1246,34 @@ class AsyncClient(_Base):
             self._batcher = Batcher(
                 lambda q, wire: self._run(_op_publish(q, wire)),
                 lambda q, receipts: self._run(_op_ack(q, receipts)),
+                publish_many=self._publish_many,
                 linger_ms=linger_ms,
             )
+
+    async def _publish_many(
+        self, groups: list[tuple[str, list[JSONDict]]]
+    ) -> list[list[str] | BaseException]:
+        """Coalesced publishes to several queues, in one request where the node can.
+
+        A node without ``POST /v1/messages`` (an older version, mid-upgrade) answers
+        404 ``not_found``; a user allowed only some of the queues gets 403 for the
+        whole request. Either way each queue is then published on its own, so each
+        caller gets its own queue's answer.
+        """
+        try:
+            together: list[PublishOutcome] = await self._run(_op_publish_many(groups))
+            return list(together)
+        except (NotFound, Forbidden) as exc:
+            if isinstance(exc, NotFound) and exc.code != "not_found":
+                raise
+        outcomes: list[list[str] | BaseException] = []
+        for queue, wire in groups:
+            try:
+                ids: list[str] = await self._run(_op_publish(queue, wire))
+                outcomes.append(ids)
+            except RaftMQError as exc:
+                outcomes.append(exc)
+        return outcomes
 
     async def close(self) -> None:
         """Sends any coalesced calls still waiting, then closes the HTTP session."""

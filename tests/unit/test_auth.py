@@ -215,3 +215,26 @@ async def test_a_follower_leaves_leader_bound_requests_to_the_leader(
     assert (await write.json())["error"]["code"] == "no_leader"
     local_read = await client.get("/v1/queues")
     assert local_read.status == 401  # served from this node's store: checked here
+
+
+async def test_a_multi_queue_publish_needs_write_on_every_queue_it_names(
+    client: Client, tokens: dict[str, str]
+) -> None:
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    for queue in ("other1", "mine"):
+        assert (await client.put(f"/v1/queues/{queue}", json={}, headers=admin)).status == 201
+    elsewhere = {"Authorization": f"Bearer {tokens['elsewhere']}"}
+    both = {
+        "publishes": [
+            {"queue": "other1", "messages": [{"body": "a"}]},
+            {"queue": "mine", "messages": [{"body": "b"}]},
+        ]
+    }
+    refused = await client.post("/v1/messages", json=both, headers=elsewhere)
+    assert refused.status == 403
+    assert "mine" in (await refused.json())["error"]["message"]
+    # Refused before anything was proposed: not even the permitted queue got its message.
+    other1 = await (await client.get("/v1/queues/other1", headers=admin)).json()
+    assert other1["total"] == 0
+    allowed = {"publishes": both["publishes"][:1]}
+    assert (await client.post("/v1/messages", json=allowed, headers=elsewhere)).status == 200

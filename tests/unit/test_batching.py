@@ -46,11 +46,20 @@ def _queue(fake: FakeCluster, name: str = "q") -> None:
 
 
 def _publishes(node: FakeNode) -> list[list[str]]:
-    """Message ids of every publish request the node saw, per request."""
+    """Message ids of every single-queue publish request the node saw, per request."""
     return [
         [m["id"] for m in s.json["messages"]]
         for s in node.seen
-        if s.path.endswith("/messages") and s.method == "POST"
+        if s.path.startswith("/v1/queues/") and s.path.endswith("/messages") and s.method == "POST"
+    ]
+
+
+def _shared(node: FakeNode) -> list[dict[str, list[str]]]:
+    """Message ids per queue of every multi-queue publish request the node saw."""
+    return [
+        {g["queue"]: [m["id"] for m in g["messages"]] for g in s.json["publishes"]}
+        for s in node.seen
+        if s.path == "/v1/messages"
     ]
 
 
@@ -343,3 +352,65 @@ async def test_a_cancelled_request_cancels_its_callers_and_starts_nothing_new() 
     assert sent.cancelled() and waiting.cancelled()
     assert send.batches == [[1]]
     assert not c._tasks
+
+
+# ------------------------------------------------------ publishes to several queues
+
+
+async def _publish_round_robin(
+    client: AsyncClient, queues: list[str], count: int
+) -> list[str | BaseException]:
+    calls = [client.publish(queues[i % len(queues)], f"m{i}", id=f"m{i}") for i in range(count)]
+    return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+async def test_publishes_to_several_queues_share_a_request(
+    fake: FakeCluster, clients: list[AsyncClient]
+) -> None:
+    leader = fake.node("a")
+    for name in ("q1", "q2", "q3"):
+        _queue(fake, name)
+    client = _client(clients, leader.url, linger_ms=50)
+    assert await _publish_round_robin(client, ["q1", "q2", "q3"], 30) == [
+        f"m{i}" for i in range(30)
+    ]
+    shared = _shared(leader)
+    assert 1 <= len(shared) < 30
+    assert _publishes(leader) == []  # no single-queue request was needed
+    for k, name in enumerate(("q1", "q2", "q3")):
+        assert [m["id"] for m in fake.broker.queues[name]["ready"]] == [
+            f"m{i}" for i in range(k, 30, 3)
+        ]
+
+
+async def test_a_missing_queue_fails_only_its_callers_in_a_shared_request(
+    fake: FakeCluster, clients: list[AsyncClient]
+) -> None:
+    leader = fake.node("a")
+    _queue(fake, "here")
+    client = _client(clients, leader.url, linger_ms=50)
+    outcomes = await _publish_round_robin(client, ["here", "gone"], 10)
+    assert outcomes[0::2] == [f"m{i}" for i in range(0, 10, 2)]
+    assert all(isinstance(o, QueueNotFound) for o in outcomes[1::2])
+    assert len(_shared(leader)) >= 1
+
+
+@pytest.mark.parametrize("node_answer", ["old_node", "forbidden"])
+async def test_a_refused_shared_request_is_sent_queue_by_queue(
+    fake: FakeCluster, clients: list[AsyncClient], node_answer: str
+) -> None:
+    """A node without POST /v1/messages (404 not_found), or a 403 for the whole
+    request: each queue is then published on its own and answers for itself."""
+    leader = fake.node("a")
+    for name in ("q1", "q2"):
+        _queue(fake, name)
+    if node_answer == "old_node":
+        fake.broker.multi_queue_publish = False
+    else:
+        leader.fail(status=403, code="forbidden", path_contains="/v1/messages")
+    client = _client(clients, leader.url, linger_ms=50)
+    assert await _publish_round_robin(client, ["q1", "q2"], 10) == [f"m{i}" for i in range(10)]
+    assert sorted(ids for ids in _publishes(leader)) == [
+        [f"m{i}" for i in range(0, 10, 2)],
+        [f"m{i}" for i in range(1, 10, 2)],
+    ]

@@ -63,6 +63,8 @@ class FakeBroker:
         self.seen_ids: set[str] = set()
         self.receipts = itertools.count(1)
         self.leader: FakeNode | None = None
+        # False: a node of a version without POST /v1/messages (404 not_found).
+        self.multi_queue_publish = True
 
     def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         if method == "GET" and path == "/healthz":
@@ -82,6 +84,16 @@ class FakeBroker:
             }
         if method == "GET" and path == "/v1/queues":
             return 200, {"queues": [self.stats(n) for n in sorted(self.queues)]}
+        if method == "POST" and path == "/v1/messages" and self.multi_queue_publish:
+            results: list[dict[str, Any]] = []
+            for group in body["publishes"]:
+                queue = group["queue"]
+                answer = self.handle(method, f"/v1/queues/{queue}/messages", group)
+                if answer[0] == 200:
+                    results.append({"queue": queue, "ids": answer[1]["ids"]})
+                else:
+                    results.append({"queue": queue, "status": answer[0], **answer[1]})
+            return 200, {"results": results}
         m = re.fullmatch(r"/v1/queues/([A-Za-z0-9._-]+)(/[a-z]+)?", path)
         if m is None:
             return error(404, "not_found", "no such route")

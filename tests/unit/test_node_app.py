@@ -161,6 +161,77 @@ async def test_publish_then_receive(client: TestClient[Any, Any]) -> None:
     assert [m["id"] for m in got["messages"]] == [message_id]
 
 
+async def test_one_request_publishes_to_several_queues_each_on_its_own(
+    client: TestClient[Any, Any],
+) -> None:
+    for queue in ("a", "b"):
+        assert (await client.put(f"/v1/queues/{queue}", json={})).status == 201
+    body = {
+        "publishes": [
+            {"queue": "a", "messages": [{"body": "a1", "id": "a1"}, {"body": "a2"}]},
+            {"queue": "missing", "messages": [{"body": "m"}]},
+            {"queue": "b", "messages": [{"body": "b1"}]},
+        ]
+    }
+    resp = await client.post("/v1/messages", json=body)
+    assert resp.status == 200
+    results = (await resp.json())["results"]
+    assert [r["queue"] for r in results] == ["a", "missing", "b"]
+    assert results[0]["ids"][0] == "a1" and len(results[0]["ids"]) == 2
+    assert results[1]["status"] == 404 and results[1]["error"]["code"] == "queue_not_found"
+    assert "ids" not in results[1]
+    got = await (await client.post("/v1/queues/a/receive", json={"max": 5})).json()
+    assert [m["body"] for m in got["messages"]] == ["a1", "a2"]
+    got = await (await client.post("/v1/queues/b/receive", json={"max": 5})).json()
+    assert [m["body"] for m in got["messages"]] == ["b1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "phrase"),
+    [
+        ({}, "publishes must be"),
+        ({"publishes": []}, "publishes must be"),
+        ({"publishes": ["a"]}, "must be an object"),
+        ({"publishes": [{"messages": [{"body": "x"}]}]}, "needs a queue"),
+        ({"publishes": [{"queue": "a b", "messages": [{"body": "x"}]}]}, "is invalid"),
+        ({"publishes": [{"queue": "a", "messages": []}]}, "non-empty"),
+        ({"publishes": [{"queue": "a", "messages": [{"body": 1}]}]}, "must be a string"),
+        ({"publishes": [{"queue": "a", "messages": [{"body": "x"}], "extra": 1}]}, "extra"),
+        (
+            {
+                "publishes": [
+                    {"queue": "a", "messages": [{"body": "x"}]},
+                    {"queue": "a", "messages": [{"body": "y"}]},
+                ]
+            },
+            "appears twice",
+        ),
+        (
+            {
+                "publishes": [
+                    {"queue": "a", "messages": [{"body": "x"}] * 3},
+                    {"queue": "b", "messages": [{"body": "y"}] * 3},
+                ]
+            },
+            "at most 5 messages",
+        ),
+    ],
+)
+async def test_a_bad_multi_queue_publish_changes_nothing(
+    fake: FakeRaft, tmp_path: Path, body: dict[str, Any], phrase: str
+) -> None:
+    config = node_config(fake, tmp_path, Limits(max_batch=5))
+    async with TestClient(TestServer(make_app(fake, config))) as client:
+        for queue in ("a", "b"):
+            assert (await client.put(f"/v1/queues/{queue}", json={})).status == 201
+        resp = await client.post("/v1/messages", json=body)
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+        assert phrase in error["message"], error
+        for queue in ("a", "b"):
+            assert (await (await client.get(f"/v1/queues/{queue}")).json())["total"] == 0
+
+
 async def test_not_leader_redirects_to_the_registered_leader(
     client: TestClient[Any, Any], fake: FakeRaft
 ) -> None:
