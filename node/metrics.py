@@ -80,7 +80,8 @@ class BrokerCollector(Collector):
         yield lmdb
         buried = GaugeMetricFamily(
             "raftmq_deleted_messages_pending",
-            "1 while messages of deleted or purged queues are still being removed here.",
+            "1 while the keys of deleted or purged queues or deleted streams are still "
+            "being removed here.",
         )
         buried.add_metric([], int(self._raft.read(lambda store: store.has_buried())))
         yield buried

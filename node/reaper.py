@@ -1,10 +1,11 @@
-"""The leader removes what deleted and purged queues left, a bounded batch per Raft entry.
+"""The leader removes what deleted queues and streams left, a bounded batch per Raft entry.
 
-Deleting or purging a queue is one cheap command whatever the queue holds: its
-keys are buried (storage: Mutation.delete_queue, Mutation.purge). This task,
-on whichever node leads, proposes "reap" commands until nothing is buried,
-each removing at most REAP_MAX_KEYS keys, so no entry holds the apply thread
-(and so heartbeats) for long. Every replica applies the same reaps.
+Deleting or purging a queue, or deleting a stream, is one cheap command whatever
+it holds: its keys are buried (storage: Mutation.delete_queue, Mutation.purge,
+streams.delete_stream). This task, on whichever node leads, proposes "reap"
+commands until nothing is buried, each removing at most REAP_MAX_KEYS keys, so
+no entry holds the apply thread (and so heartbeats) for long. Every replica
+applies the same reaps.
 """
 
 import asyncio
@@ -18,6 +19,8 @@ from node.ports import RaftPort
 
 logger = logging.getLogger(__name__)
 
+# What the buried keys are the remains of, for the log.
+BURIED: Final = "deleted and purged queues and deleted streams"
 # Keys removed per Raft entry: about 4 ms of apply (a 200,000-message queue: 80 reaps).
 REAP_MAX_KEYS: Final = 10_000
 # Between two reaps, so other commands' entries go first.
@@ -34,7 +37,7 @@ async def reap_forever(raft: RaftPort) -> None:
         if more:
             if started is None:
                 started, removed = time.monotonic(), 0
-                logger.info("removing the stored messages of deleted and purged queues")
+                logger.info("removing the stored keys of %s", BURIED)
             try:
                 result = await raft.propose_as_leader(
                     {"op": "reap", "max_keys": REAP_MAX_KEYS, "now_ms": now_ms()}
@@ -47,8 +50,9 @@ async def reap_forever(raft: RaftPort) -> None:
                 more = bool(result.get("more"))
                 if not more:
                     logger.info(
-                        "removed %d keys of deleted and purged queues in %.1f s",
+                        "removed %d keys of %s in %.1f s",
                         removed,
+                        BURIED,
                         time.monotonic() - started,
                     )
                     started = None

@@ -92,7 +92,7 @@ def purge_queue(m: Mutation, cmd: Command) -> Result:
 
 
 def reap(m: Mutation, cmd: Command) -> Result:
-    """Remove up to max_keys keys that deleted or purged queues left (Mutation.reap)."""
+    """Remove up to max_keys keys that deleted or purged queues or deleted streams left."""
     limit = _int(cmd, "max_keys")
     if limit < 1:
         raise InvalidCommand("max_keys must be at least 1")

@@ -8,13 +8,16 @@ state always encodes to the same bytes on every replica.
     qkey  = queue name (UTF-8) + b"\\x00"
             Names match [A-Za-z0-9._-]{1,200} and never hold NUL, so no queue's
             qkey is a prefix of another's: a range scan over qkey sees one queue.
-    gkey  = queue name (UTF-8) + b"\\x01" + generation u64: the prefix of one
-            generation of a queue's messages ("mgen") or dedup entries ("dgen").
-            Generation 0 means qkey (queues declared before generations). A
-            generation is never reused, so a deleted or purged generation can
-            be removed a bounded batch at a time (graveyard) while the name
-            lives on under a new one; b"\\x00" and b"\\x01" never occur in
-            names, so no prefix of one queue or generation covers another's.
+    gkey  = queue or stream name (UTF-8) + b"\\x01" + generation u64: the
+            prefix of one generation of a queue's messages ("mgen") or dedup
+            entries ("dgen"), or of a stream's keys ("generation", see
+            Streams). Generation 0 means qkey (queues and streams declared
+            before generations). A generation is never reused (queues and
+            streams draw from the one counter), so a deleted or purged
+            generation can be removed a bounded batch at a time (graveyard)
+            while the name lives on under a new one; b"\\x00" and b"\\x01"
+            never occur in names, so no prefix of one queue, stream or
+            generation covers another's.
     idkey = message id (UTF-8) when it is at most 255 bytes, else
             b"\\xff" + sha256(id UTF-8). 0xFF never occurs in UTF-8, so the two
             forms cannot collide; the key stays under LMDB's 511-byte limit.
@@ -23,7 +26,8 @@ meta
     b"applied_index"             -> u64  last Raft index applied (absent = 0)
     b"last_now"                  -> u64  highest now_ms applied; a command's
                                          effective now is max(now_ms, last_now)
-    b"next_generation"           -> u64  the next queue generation (absent = 1)
+    b"next_generation"           -> u64  the next queue or stream generation
+                                         (absent = 1)
 queues
     name (UTF-8)                 -> JSON {"config": {...}, "next_seq": int,
                                           "mgen": int, "dgen": int (absent = 0),
@@ -51,11 +55,14 @@ dedup
 dedup_age
     qkey + published_at u64 + idkey -> b""   same entries, oldest first
 graveyard
-    generation u64 + kind u8 + queue name (UTF-8) -> b""
-                                         a generation of a deleted or purged queue
-                                         whose keys are still to be removed: kind 0
-                                         its messages, ready and timers, kind 1 its
-                                         dedup and dedup_age (removed by "reap")
+    generation u64 + kind u8 + name (UTF-8) -> b""
+                                         a generation of a deleted or purged queue,
+                                         or of a deleted stream, whose keys are still
+                                         to be removed: kind 0 a queue's messages,
+                                         ready and timers, kind 1 a queue's dedup and
+                                         dedup_age, kind 2 a stream's records,
+                                         stream_dedup, stream_dedup_age and groups
+                                         (removed by "reap", oldest generation first)
 nodes
     raft address (UTF-8)         -> JSON {"id", "http", "raft", "registered_at"}
 
@@ -75,12 +82,17 @@ queue_bindings
     qkey + exchange name (UTF-8) -> b""   reverse index: the exchanges a queue is
                                          bound to, so deleting the queue unbinds it
 
-Streams (storage/streams.py). skey = stream name + b"\\x00", as qkey.
+Streams (storage/streams.py). skey = the stream's generation prefix: gkey of
+its "generation", or stream name + b"\\x00" (as qkey) for generation 0. A
+declare takes a new generation; a delete buries it (graveyard kind 2) and
+removes only its streams record, so a stream declared again under the name
+starts empty while "reap" removes the old generation's keys.
 
 streams
     name (UTF-8)                 -> JSON {"config": {"max_age_ms", "max_bytes",
                                           "max_records"} (each int | null),
-                                          "first_offset", "next_offset", "bytes"}
+                                          "first_offset", "next_offset", "bytes",
+                                          "generation": int (absent = 0)}
                                          records held = next_offset - first_offset
 records
     skey + offset u64            -> JSON {"id" (null: none), "body", "headers",
@@ -160,6 +172,7 @@ NEXT_GENERATION: Final = b"next_generation"
 
 BURIED_MESSAGES: Final = 0
 BURIED_DEDUP: Final = 1
+BURIED_STREAM: Final = 2
 
 TIMER_DELAYED: Final = b"d"
 TIMER_LEASE: Final = b"l"
@@ -183,7 +196,7 @@ def qkey(name: str) -> bytes:
 
 
 def generation_prefix(name: str, generation: int) -> bytes:
-    """The key prefix of one generation of a queue (qkey for generation 0)."""
+    """The key prefix of one generation of a queue or stream (qkey for generation 0)."""
     if generation == 0:
         return qkey(name)
     return name.encode() + b"\x01" + U64.pack(generation)
@@ -199,7 +212,7 @@ def graveyard_key(generation: int, kind: int, name: str) -> bytes:
 
 
 def split_graveyard_key(key: bytes) -> tuple[int, int, str]:
-    """(generation, kind, queue name) of a graveyard key."""
+    """(generation, kind, queue or stream name) of a graveyard key."""
     return U64.unpack_from(key)[0], key[U64.size], key[U64.size + 1 :].decode()
 
 

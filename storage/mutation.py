@@ -161,7 +161,7 @@ class Mutation:
         return self._queues[name]
 
     def create_queue(self, name: str, config: dict[str, Any]) -> QueueState:
-        generation = self._next_generation()
+        generation = self.next_generation()
         state = QueueState(
             name=name,
             config=config,
@@ -176,8 +176,8 @@ class Mutation:
 
     def delete_queue(self, q: QueueState) -> None:
         """Remove the queue at once; its keys go to the graveyard (see `reap`)."""
-        self._bury(q.name, q.mgen, keys.BURIED_MESSAGES)
-        self._bury(q.name, q.dgen, keys.BURIED_DEDUP)
+        self.bury(q.name, q.mgen, keys.BURIED_MESSAGES)
+        self.bury(q.name, q.dgen, keys.BURIED_DEDUP)
         self.txn.delete(q.name.encode(), db=self.dbs.queues)
         self._queues[q.name] = None
 
@@ -189,13 +189,14 @@ class Mutation:
         million. Dedup entries stay: a purged message's id is still a duplicate.
         """
         purged = q.total
-        self._bury(q.name, q.mgen, keys.BURIED_MESSAGES)
-        q.renew_messages(self._next_generation())
+        self.bury(q.name, q.mgen, keys.BURIED_MESSAGES)
+        q.renew_messages(self.next_generation())
         for counter in ("total", *_STATE_COUNTER.values()):
             q.add(counter, -q.counters[counter])
         return purged
 
-    def _next_generation(self) -> int:
+    def next_generation(self) -> int:
+        """A generation no queue or stream ever had (one counter for both)."""
         raw = self.txn.get(keys.NEXT_GENERATION, db=self.dbs.meta)
         generation = 1 if raw is None else int(keys.U64.unpack(raw)[0])
         self.txn.put(keys.NEXT_GENERATION, keys.U64.pack(generation + 1), db=self.dbs.meta)
@@ -204,17 +205,22 @@ class Mutation:
     def _buried_dbs(self, kind: int) -> tuple[lmdb._Database, ...]:
         if kind == keys.BURIED_MESSAGES:
             return (self.dbs.messages, self.dbs.ready, self.dbs.timers)
-        return (self.dbs.dedup, self.dbs.dedup_age)
+        if kind == keys.BURIED_DEDUP:
+            return (self.dbs.dedup, self.dbs.dedup_age)
+        if kind == keys.BURIED_STREAM:
+            dbs = self.dbs
+            return (dbs.records, dbs.stream_dedup, dbs.stream_dedup_age, dbs.groups)
+        raise CorruptRecord(f"graveyard entry of unknown kind {kind}")
 
-    def _bury(self, name: str, generation: int, kind: int) -> None:
-        """Leave a generation's keys to `reap`, unless it has none."""
+    def bury(self, name: str, generation: int, kind: int) -> None:
+        """Leave a generation's keys (in the databases of `kind`) to `reap`, unless it has none."""
         prefix = keys.generation_prefix(name, generation)
         if any(self._has_prefix(db, prefix) for db in self._buried_dbs(kind)):
             grave = keys.graveyard_key(generation, kind, name)
             self.txn.put(grave, b"", db=self.dbs.graveyard)
 
     def reap(self, max_keys: int) -> tuple[int, bool]:
-        """Remove up to `max_keys` keys of buried generations, oldest first.
+        """Remove up to `max_keys` keys of buried queue and stream generations, oldest first.
 
         Returns (keys removed, whether buried keys remain).
         """

@@ -10,11 +10,17 @@ The newest record is never trimmed, and one append trims at most
 
 A record id seen within the dedup window answers the offset it was first
 appended at (even if retention has trimmed it since) and is not appended again.
+
+A stream's records, dedup entries and group offsets are keyed under its
+generation (storage.keys): deleting a stream buries that generation and removes
+only the stream's own record, so the delete is one bounded step whatever the
+stream holds, and "reap" removes the keys later, a bounded batch per command.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import builtins
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import lmdb
@@ -24,7 +30,6 @@ from storage.errors import CorruptRecord, InvalidCommand
 from storage.fields import (
     Command,
     Result,
-    delete_prefix,
     integer,
     keys_with_prefix,
     listing,
@@ -36,10 +41,6 @@ from storage.mutation import Dbs, Mutation
 TRIM_LIMIT: Final = 10000
 DEDUP_EXPIRE_LIMIT: Final = 1000
 RETENTION_KEYS: Final = ("max_age_ms", "max_bytes", "max_records")
-
-
-def skey(stream: str) -> bytes:
-    return keys.qkey(stream)
 
 
 def record_key(stream_key: bytes, offset: int) -> bytes:
@@ -57,18 +58,28 @@ class StreamState:
     first_offset: int
     next_offset: int
     bytes: int
+    # The generation the stream's keys live under (0: skey of streams declared before).
+    generation: int
+    # skey: the prefix of the stream's records, stream_dedup, stream_dedup_age and groups keys.
+    prefix: builtins.bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.prefix = keys.generation_prefix(self.name, self.generation)
 
     @property
     def records(self) -> int:
         return self.next_offset - self.first_offset
 
     def record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "config": self.config,
             "first_offset": self.first_offset,
             "next_offset": self.next_offset,
             "bytes": self.bytes,
         }
+        if self.generation:
+            record["generation"] = self.generation
+        return record
 
 
 def _load(txn: lmdb.Transaction[bytes], dbs: Dbs, stream: str) -> StreamState | None:
@@ -77,7 +88,12 @@ def _load(txn: lmdb.Transaction[bytes], dbs: Dbs, stream: str) -> StreamState | 
         return None
     record = keys.decode(raw)
     return StreamState(
-        stream, record["config"], record["first_offset"], record["next_offset"], record["bytes"]
+        stream,
+        record["config"],
+        record["first_offset"],
+        record["next_offset"],
+        record["bytes"],
+        record.get("generation", 0),
     )
 
 
@@ -105,7 +121,7 @@ def declare_stream(m: Mutation, cmd: Command) -> Result:
     config = _retention(cmd)
     existing = _load(m.txn, m.dbs, stream)
     if existing is None:
-        _save(m, StreamState(stream, config, 0, 0, 0))
+        _save(m, StreamState(stream, config, 0, 0, 0, m.next_generation()))
         return {"status": "created", "config": config}
     if existing.config == config:
         return {"status": "exists", "config": config}
@@ -117,12 +133,12 @@ def declare_stream(m: Mutation, cmd: Command) -> Result:
 
 
 def delete_stream(m: Mutation, cmd: Command) -> Result:
+    """Remove the stream at once; its generation's keys go to the graveyard (Mutation.reap)."""
     stream = name(cmd, "stream")
-    if _load(m.txn, m.dbs, stream) is None:
+    state = _load(m.txn, m.dbs, stream)
+    if state is None:
         return _not_found(stream)
-    prefix = skey(stream)
-    for db in (m.dbs.records, m.dbs.stream_dedup, m.dbs.stream_dedup_age, m.dbs.groups):
-        delete_prefix(m.txn, db, prefix)
+    m.bury(stream, state.generation, keys.BURIED_STREAM)
     m.txn.delete(stream.encode(), db=m.dbs.streams)
     return {"status": "deleted"}
 
@@ -135,7 +151,7 @@ def append_records(m: Mutation, cmd: Command) -> Result:
     state = _load(m.txn, m.dbs, stream)
     if state is None:
         return _not_found(stream)
-    prefix = skey(stream)
+    prefix = state.prefix
     cutoff = m.now - window
     offsets: list[int] = []
     in_batch: dict[bytes, int] = {}
@@ -207,7 +223,7 @@ def _trim(m: Mutation, state: StreamState) -> None:
     )
     if max_records is None and max_bytes is None and max_age is None:
         return
-    prefix = skey(state.name)
+    prefix = state.prefix
     for _ in range(TRIM_LIMIT):
         if state.records <= 1:
             return
@@ -239,7 +255,7 @@ def commit_offset(m: Mutation, cmd: Command) -> Result:
             "message": f"offset {offset} is past the end of stream {stream!r} "
             f"(next offset {state.next_offset})",
         }
-    m.txn.put(skey(stream) + group.encode(), keys.U64.pack(offset), db=m.dbs.groups)
+    m.txn.put(state.prefix + group.encode(), keys.U64.pack(offset), db=m.dbs.groups)
     return {"status": "ok", "offset": offset}
 
 
@@ -287,13 +303,21 @@ def list_streams(txn: lmdb.Transaction[bytes], dbs: Dbs) -> list[dict[str, Any]]
 
 
 def group_offset(txn: lmdb.Transaction[bytes], dbs: Dbs, stream: str, group: str) -> int:
-    """The group's committed offset, 0 when it never committed."""
-    raw = txn.get(skey(stream) + group.encode(), db=dbs.groups)
+    """The group's committed offset, 0 when it never committed (or there is no such stream)."""
+    state = _load(txn, dbs, stream)
+    return 0 if state is None else _group_offset(txn, dbs, state, group)
+
+
+def _group_offset(txn: lmdb.Transaction[bytes], dbs: Dbs, state: StreamState, group: str) -> int:
+    raw = txn.get(state.prefix + group.encode(), db=dbs.groups)
     return 0 if raw is None else int(keys.U64.unpack(raw)[0])
 
 
 def groups(txn: lmdb.Transaction[bytes], dbs: Dbs, stream: str) -> dict[str, int]:
-    prefix = skey(stream)
+    state = _load(txn, dbs, stream)
+    if state is None:
+        return {}
+    prefix = state.prefix
     return {
         key[len(prefix) :].decode(): int(keys.U64.unpack(value)[0])
         for key, value in keys_with_prefix(txn, dbs.groups, prefix)
@@ -321,9 +345,9 @@ def read_records(
     if state is None:
         return None
     if offset is None:
-        offset = 0 if group is None else group_offset(txn, dbs, stream, group)
+        offset = 0 if group is None else _group_offset(txn, dbs, state, group)
     start = max(offset, state.first_offset)
-    prefix = skey(stream)
+    prefix = state.prefix
     out: list[dict[str, Any]] = []
     total = 0
     next_offset = start

@@ -1,5 +1,6 @@
 """Exchanges and streams on a real 3-node cluster: routing end to end, and leader kills."""
 
+import re
 import signal
 import threading
 from collections import Counter
@@ -10,7 +11,7 @@ import pytest
 
 from raftmq import Client, Message, RaftMQError
 from tests.cluster.conftest import ClusterFactory
-from tests.cluster.harness import LocalTestCluster, wait_for
+from tests.cluster.harness import LocalTestCluster, request, scrape, wait_for
 from tests.cluster.workload import drain
 from tests.unit.test_topic_matcher import TOPIC_TABLE, reference_match
 
@@ -96,6 +97,53 @@ def test_subscribe_and_stream_reads_through_a_follower(cluster3: LocalTestCluste
         assert batch.first_offset == 1
         # Stats are local: wait until the follower applied the append.
         wait_for(lambda: client.stream("sub.s")["next_offset"] == 4, 10, "the follower's apply")
+
+
+BIG_STREAM_BATCHES = 20
+BIG_STREAM_BATCH = 1000
+REMOVED = re.compile(r"removed (\d+) keys of ")
+
+
+def _removed_since(cluster: LocalTestCluster, offsets: dict[str, int]) -> int:
+    """Keys the reapers logged as removed after each node's log was `offsets` long."""
+    texts = (n.log_path.read_bytes()[offsets[n.node_id] :].decode() for n in cluster.nodes)
+    return sum(int(count) for text in texts for count in REMOVED.findall(text))
+
+
+def test_a_big_stream_goes_at_once_and_its_records_are_removed_in_the_background(
+    cluster3: LocalTestCluster,
+) -> None:
+    leader = cluster3.wait_leader()
+    with Client(cluster3.urls) as client:
+        client.declare_stream("big.s")
+        for n in range(BIG_STREAM_BATCHES):
+            records = [Message(f"body {n}.{i}", id=f"b{n}.{i}") for i in range(BIG_STREAM_BATCH)]
+            assert client.append("big.s", records) == list(
+                range(n * BIG_STREAM_BATCH, (n + 1) * BIG_STREAM_BATCH)
+            )
+        client.commit_offset("big.s", "readers", 15_000)
+        logged = {n.node_id: n.log_path.stat().st_size for n in cluster3.nodes}
+        deleted = request("DELETE", f"{leader.url}/v1/streams/big.s")
+        assert deleted.status == 204, deleted.body
+        client.declare_stream("big.s")
+        assert client.append("big.s", [Message("after", id="b0.0")]) == [0]
+        client.commit_offset("big.s", "readers", 1)
+        # 20,000 records, as many dedup and dedup-age entries, one group offset:
+        # removed 10,000 keys per Raft entry while the stream is in use again.
+        wait_for(
+            lambda: all(
+                scrape(n.url)["raftmq_deleted_messages_pending"] == 0 for n in cluster3.nodes
+            ),
+            60,
+            "the deleted stream's keys to be removed on every node",
+        )
+        cluster3.wait_converged()
+        buried = 3 * BIG_STREAM_BATCHES * BIG_STREAM_BATCH + 1
+        wait_for(lambda: _removed_since(cluster3, logged) >= buried, 10, "the reaper's log")
+        batch = client.read("big.s", offset=0)
+        assert [(r.offset, r.body) for r in batch.records] == [(0, "after")]
+        assert client.group_offset("big.s", "readers") == 1
+        assert client.append("big.s", [Message("again", id="b0.0")]) == [0]
 
 
 @dataclass

@@ -72,10 +72,48 @@ def _message() -> st.SearchStrategy[Any]:
     )
 
 
+def _valid_stream(now: st.SearchStrategy[int]) -> st.SearchStrategy[dict[str, Any]]:
+    """Stream commands that mostly succeed, deletes and re-declares included."""
+    stream = st.sampled_from(["s", "t"])
+    record = st.fixed_dictionaries(
+        {"body": TEXT}, optional={"id": st.sampled_from(["r1", "r2", "r3"])}
+    )
+    return st.one_of(
+        st.fixed_dictionaries(
+            {
+                "op": st.just("declare_stream"),
+                "stream": stream,
+                "now_ms": now,
+                "config": st.sampled_from([{}, {"max_records": 2}]),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "op": st.just("append_records"),
+                "stream": stream,
+                "now_ms": now,
+                "dedup_window_ms": st.just(1000),
+                "records": st.lists(record, min_size=1, max_size=3),
+            }
+        ),
+        st.fixed_dictionaries(
+            {
+                "op": st.just("commit_offset"),
+                "stream": stream,
+                "group": st.just("g"),
+                "offset": st.integers(0, 4),
+                "now_ms": now,
+            }
+        ),
+        st.fixed_dictionaries({"op": st.just("delete_stream"), "stream": stream, "now_ms": now}),
+    )
+
+
 def _valid() -> st.SearchStrategy[dict[str, Any]]:
     now = st.integers(min_value=1, max_value=10_000)
     queue = st.sampled_from(["a", "b"])
     return st.one_of(
+        _valid_stream(now),
         st.fixed_dictionaries({"op": st.just("declare_queue"), "queue": queue, "now_ms": now}),
         st.fixed_dictionaries(
             {
@@ -129,6 +167,14 @@ def _garbage() -> st.SearchStrategy[Any]:
 
 
 COMMANDS = st.lists(st.one_of(_valid(), _garbage()), min_size=1, max_size=25)
+# Streams weigh more here: their deletes are the newest kind of graveyard entry.
+VALID_COMMANDS = st.lists(
+    st.one_of(_valid(), _valid_stream(st.integers(1, 10_000))), min_size=5, max_size=40
+)
+DECLARE_ALL: list[dict[str, Any]] = [
+    *({"op": "declare_queue", "queue": q, "now_ms": 1} for q in ("a", "b")),
+    *({"op": "declare_stream", "stream": s, "now_ms": 1} for s in ("s", "t")),
+]
 
 
 def _state(store: Store) -> str:
@@ -150,6 +196,64 @@ def _state(store: Store) -> str:
     return result
 
 
+# The databases whose keys start with a generation prefix, by the record field naming it.
+GENERATION_DBS = {
+    (keys.QUEUES, "mgen"): (b"messages", b"ready", b"timers"),
+    (keys.QUEUES, "dgen"): (b"dedup", b"dedup_age"),
+    (keys.STREAMS, "generation"): (b"records", b"stream_dedup", b"stream_dedup_age", b"groups"),
+}
+
+
+def _generation_keys(store: Store) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+    """(live, orphans) of the databases whose keys start with a generation prefix.
+
+    live: every queue and stream record and every key under a live generation's
+    prefix, each with its value; orphans: (database, key) of every other key.
+    """
+
+    def scan(txn: Any, dbs: Any) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+        by_name = dict(zip(keys.DB_NAMES, dbs, strict=True))
+        live_items: list[bytes] = []
+        orphans: list[tuple[bytes, bytes]] = []
+        for (records_db, field), db_names in GENERATION_DBS.items():
+            with txn.cursor(db=by_name[records_db]) as cursor:
+                records = list(cursor)
+            live_items += [name + b"=" + raw for name, raw in records]
+            live = tuple(
+                keys.generation_prefix(name.decode(), keys.decode(raw).get(field, 0))
+                for name, raw in records
+            )
+            for db_name in db_names:
+                with txn.cursor(db=by_name[db_name]) as cursor:
+                    for key, value in cursor:
+                        if key.startswith(live):
+                            live_items.append(db_name + b":" + key + b"=" + value)
+                        else:
+                            orphans.append((db_name, key))
+        return live_items, orphans
+
+    result: tuple[list[bytes], list[tuple[bytes, bytes]]] = store.view(scan)
+    return result
+
+
+def _buried_kinds(txn: Any, dbs: Any) -> set[int]:
+    with txn.cursor(db=dbs.graveyard) as cursor:
+        return {keys.split_graveyard_key(k)[1] for k in cursor.iternext(values=False)}
+
+
+def _reap_to_the_end(store: Store, index: int) -> None:
+    """Reap until nothing is buried: deleted and purged queues and deleted streams leave no key."""
+    for kind in sorted(store.view(_buried_kinds)):
+        event(f"buried kind {kind}")
+    reaps = 0
+    while store.has_buried():
+        reaps += 1
+        [reaped] = store.apply(index + reaps, [{"op": "reap", "max_keys": 7, "now_ms": 1}]) or [{}]
+        assert reaped["status"] == "ok" and reaped["removed"] <= 7
+    event("reaped" if reaps else "nothing buried")
+    assert _generation_keys(store)[1] == []
+
+
 @FUZZ
 @given(COMMANDS)
 def test_apply_survives_garbage_and_refusals_change_nothing(commands: list[Any]) -> None:
@@ -167,6 +271,7 @@ def test_apply_survives_garbage_and_refusals_change_nothing(commands: list[Any])
             assert store.apply(index, [cmd]) is None
             assert store.apply(index, [{"op": "declare_queue", "queue": "z", "now_ms": 1}]) is None
             assert store.digest() == full
+        _reap_to_the_end(store, len(commands))
 
 
 @FUZZ
@@ -178,3 +283,17 @@ def test_one_entry_of_mixed_commands_never_raises(commands: list[Any]) -> None:
         full = store.digest()
         assert store.apply(1, commands) is None
         assert store.digest() == full
+
+
+@FUZZ
+@given(VALID_COMMANDS)
+def test_reaping_removes_exactly_what_deletes_and_purges_left(commands: list[Any]) -> None:
+    """Generations: reaping never touches a live queue or stream, and it always finishes."""
+    with tempfile.TemporaryDirectory() as root, Store(root, map_size=MAP_SIZE) as store:
+        store.apply(1, DECLARE_ALL)
+        for index, cmd in enumerate(commands, start=2):
+            store.apply(index, [cmd])
+        event("something buried" if store.has_buried() else "nothing buried")
+        live, _ = _generation_keys(store)
+        _reap_to_the_end(store, len(commands) + 1)
+        assert _generation_keys(store) == (live, [])

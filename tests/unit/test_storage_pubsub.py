@@ -403,12 +403,14 @@ def test_consumer_group_offsets(mq: PubSub) -> None:
     assert mq.store.view(lambda txn, dbs: streams.groups(txn, dbs, "s")) == {"g": 3}
 
 
-def test_delete_stream_removes_records_dedup_and_groups(mq: PubSub) -> None:
+def test_delete_stream_then_reap_removes_records_dedup_and_groups(mq: PubSub) -> None:
     mq.stream("s")
     mq.append("s", "a", "b")
     mq.run("commit_offset", stream="s", group="g", offset=1)
-    assert mq.run("delete_stream", stream="s")["status"] == "deleted"
-    for db in ("records", "stream_dedup", "stream_dedup_age", "groups", "streams"):
+    assert mq.run("delete_stream", stream="s") == {"status": "deleted"}
+    assert _entries(mq, "streams") == []
+    assert mq.run("reap", max_keys=100) == {"status": "ok", "removed": 7, "more": False}
+    for db in ("records", "stream_dedup", "stream_dedup_age", "groups", "graveyard"):
         left = _entries(mq, db)
         assert left == [], db
     mq.stream("s")
