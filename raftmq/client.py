@@ -10,8 +10,8 @@ failover:
   with exponential backoff and jitter (a 503's ``Retry-After`` is honoured, capped)
   until ``retry_deadline`` seconds have passed, then :class:`Unavailable` is raised;
 * a ``503 no_leader`` (an election or a leadership hand-over: a fraction of a second)
-  is polled every 50-100 ms for its first ``ELECTION_POLL_FOR`` seconds instead, so
-  the first try after the new leader is elected is at most ~0.1 s late; an explicit,
+  is polled every 20-40 ms for its first ``ELECTION_POLL_FOR`` seconds instead, so
+  the first try after the new leader is elected is at most ~0.04 s late; an explicit,
   longer ``Retry-After`` still wins, and a cluster that stays leaderless longer
   (no quorum) gets the exponential backoff;
 * every published message carries an id (generated client-side when the caller gives
@@ -93,8 +93,8 @@ RETRY_AFTER_CAP = 2.0
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 1.0
 # Polling a node that answered no_leader: a pause in [min, max], for this long.
-ELECTION_POLL_MIN = 0.05
-ELECTION_POLL_MAX = 0.1
+ELECTION_POLL_MIN = 0.02
+ELECTION_POLL_MAX = 0.04
 ELECTION_POLL_FOR = 2.0
 USER_AGENT = "raftmq-python/0.1"
 

@@ -388,7 +388,7 @@ async def test_503_with_retry_after_moves_to_the_next_url(
 async def test_no_leader_is_polled_quickly(
     fake: FakeCluster, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 503 no_leader with Retry-After: 0 (an election) is retried every 50-100 ms."""
+    """A 503 no_leader with Retry-After: 0 (an election) is retried every 20-40 ms."""
     leader = fake.node("leader")
     leader.fail(3, status=503, code="no_leader", retry_after="0")
     pauses: list[float] = []
