@@ -16,6 +16,7 @@ from cluster.raft_fixes import (
     KeepPeerLinksAlive,
     LeaderFlushesInParallel,
     PipelinedReplication,
+    PreVote,
     ReadBeforeElection,
 )
 from cluster.settings import RaftSettings
@@ -70,6 +71,7 @@ def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> An
 class ReplicatedBroker(
     KeepPeerLinksAlive,
     ReadBeforeElection,
+    PreVote,
     LeaderFlushesInParallel,
     CommitRidesOnNextMessage,
     PipelinedReplication,

@@ -7,6 +7,9 @@
 * ReadBeforeElection: a follower whose tick was held up past its election
   deadline reads the heartbeats waiting in its socket before it calls an
   election, instead of deposing a healthy leader.
+* PreVote: a node that does not hear the leader (cut off, or restarted and
+  not yet reached) asks before it raises its term, and the others, who still
+  hear the leader, say no; a dead leader is still replaced.
 
 Nodes are ticked by hand (autoTick=False) so every step is deterministic;
 waits are on conditions, the only sleeps let wall time pass a timeout.
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException
 
-from cluster.raft_fixes import KeepPeerLinksAlive, ReadBeforeElection
+from cluster.raft_fixes import KeepPeerLinksAlive, PreVote, ReadBeforeElection
 from tests.unit.test_journal_durability import free_ports
 
 CONNECTION_TIMEOUT = 1.0
@@ -51,6 +54,21 @@ class WithKeepalive(KeepPeerLinksAlive, Plain):
 
 
 class WithReadBeforeElection(ReadBeforeElection, Plain):
+    pass
+
+
+class Deafenable(Plain):
+    """A node that can be made to drop what the leader sends it (its own messages go out)."""
+
+    deaf_to: str | None = None
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if node.id == self.deaf_to:
+            return
+        super()._SyncObj__onMessageReceived(node, message)
+
+
+class WithPreVote(PreVote, Deafenable):
     pass
 
 
@@ -170,3 +188,54 @@ def test_without_reading_first_a_stalled_follower_calls_an_election(
     stalled, term = _stall_one_follower(nodes)
     stalled.doTick(0.0)
     assert stalled.raftCurrentTerm == term + 1
+
+
+def _cut_off_a_follower(nodes: list[Plain]) -> tuple[Plain, Plain, int]:
+    """One follower stops hearing the leader for 1 s, everyone ticking; returns
+    (leader, that follower, the leader's term before)."""
+    leader = _leader(nodes)
+    assert leader is not None
+    cut_off = next(n for n in nodes if n is not leader)
+    assert isinstance(cut_off, Deafenable)
+    term = leader.raftCurrentTerm
+    cut_off.deaf_to = leader.selfNode.id
+    tick_for(nodes, 1.0)  # 3-5 of its election timeouts
+    cut_off.deaf_to = None
+    return leader, cut_off, term
+
+
+@pytest.mark.timeout(60)
+def test_with_pre_vote_a_node_cut_off_from_the_leader_does_not_depose_it(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(WithPreVote)
+    leader, cut_off, term = _cut_off_a_follower(nodes)
+    assert leader._isLeader() and leader.raftCurrentTerm == term
+    assert cut_off.raftCurrentTerm == term  # it asked, was refused, and stayed put
+    tick_until(nodes, lambda: cut_off._getLeader() == leader.selfNode, "it to follow again")
+    assert all(n.raftCurrentTerm == term for n in nodes)
+
+
+@pytest.mark.timeout(60)
+def test_without_pre_vote_a_node_cut_off_from_the_leader_deposes_it(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(Deafenable)
+    leader, cut_off, term = _cut_off_a_follower(nodes)
+    assert cut_off.raftCurrentTerm > term
+    assert not leader._isLeader() or leader.raftCurrentTerm > term
+
+
+@pytest.mark.timeout(60)
+def test_with_pre_vote_the_survivors_replace_a_dead_leader(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    nodes = start(WithPreVote)
+    leader = _leader(nodes)
+    assert leader is not None
+    term = leader.raftCurrentTerm
+    leader._destroy()
+    survivors = [n for n in nodes if n is not leader]
+    tick_until(survivors, lambda: _leader(survivors) is not None, "a new leader")
+    new_leader = _leader(survivors)
+    assert new_leader is not None and new_leader.raftCurrentTerm == term + 1
