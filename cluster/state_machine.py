@@ -54,6 +54,8 @@ def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> An
         appendEntriesUseBatch=False,
         appendEntriesPeriod=settings.append_entries_period_s,
         appendEntriesBatchSizeBytes=settings.append_entries_batch_bytes,
+        sendBufferSize=settings.socket_send_buffer_bytes,
+        recvBufferSize=settings.socket_receive_buffer_bytes,
         raftMinTimeout=settings.election_timeout_min_s,
         raftMaxTimeout=settings.election_timeout_max_s,
         leaderFallbackTimeout=settings.leader_fallback_s,

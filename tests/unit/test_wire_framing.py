@@ -1,4 +1,5 @@
-"""Raft messages leave as stored zlib streams and both framings are still read."""
+"""Raft messages leave as stored zlib streams, both framings are still read, and the
+Raft sockets hold such a message whole."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pysyncobj.pickle as raft_pickle
@@ -14,6 +16,10 @@ import pytest
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import TcpConnection
 
+from cluster.settings import RaftSettings
+from cluster.snapshot import SnapshotCodec
+from cluster.state_machine import make_conf
+from cluster.store_holder import StoreHolder
 from cluster.wire_framing import install_stored_framing
 
 MESSAGE = {"type": "append_entries", "entries": [(os.urandom(20000), 7, 3)], "term": 3}
@@ -75,3 +81,19 @@ def test_install_is_idempotent() -> None:
     install_stored_framing()
     assert module.zlib is shim
     assert shim.compress(b"a" * 1000, 3) == zlib.compress(b"a" * 1000, 0)
+
+
+def test_raft_connections_get_buffers_that_hold_an_uncompressed_append_entries(
+    tmp_path: Path,
+) -> None:
+    """Uncompressed frames of a few hundred KiB must not wait for the poll between
+    partial sends (pysyncobj's 64 KiB send buffer); reads stay at most 128 KiB,
+    where CPython's per-read allocation is still cheap."""
+    settings = RaftSettings(raft_address="127.0.0.1:1", peers=(), data_dir=str(tmp_path))
+    holder = StoreHolder(str(tmp_path / "state"), map_size=64 << 20, sync=False)
+    try:
+        conf = make_conf(settings, SnapshotCodec(holder, str(tmp_path / "tmp")), str(tmp_path))
+    finally:
+        holder.close()
+    assert conf.sendBufferSize >= settings.append_entries_batch_bytes
+    assert conf.recvBufferSize <= 128 << 10
