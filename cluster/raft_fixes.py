@@ -158,12 +158,15 @@ class PreVote:
     _SyncObj__raftElectionDeadline: float
     _SyncObj__transferInProgress: bool
     _SyncObj__raftCurrentTerm: int
+    _SyncObj__raftLeader: Any
     _SyncObj__transport: Any
     _SyncObj__conf: Any
     _SyncObj__connectedToAnyone: Callable[[], bool]
     _SyncObj__generateRaftTimeout: Callable[[], float]
     _SyncObj__getCurrentLogIndex: Callable[[], int]
     _SyncObj__getCurrentLogTerm: Callable[[], int]
+    _SyncObj__setCurrentTerm: Callable[[int, str | None], None]
+    _SyncObj__setState: Callable[[Any], None]
 
     _prevote_round = 0
     _prevote_grants: frozenset[str] = frozenset()
@@ -229,10 +232,26 @@ class PreVote:
             and their_log >= (my_last_term, my_last_index)
         )
         self._SyncObj__transport.send(
-            node, {"type": PRE_VOTE_RESPONSE, "round": message["round"], "granted": granted}
+            node,
+            {
+                "type": PRE_VOTE_RESPONSE,
+                "round": message["round"],
+                "granted": granted,
+                "term": self._SyncObj__raftCurrentTerm,
+            },
         )
 
     def _count_pre_vote(self, node: Any, message: Any) -> None:
+        term = message.get("term")
+        if isinstance(term, int) and term > self._SyncObj__raftCurrentTerm:
+            # A pre-vote does not spread terms the way a vote does: learn a higher
+            # one here, or a node left behind by a lost vote request could ask
+            # forever at a term the others will never grant.
+            self._SyncObj__setCurrentTerm(term, None)
+            self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None  # as pysyncobj does on a higher term
+            self._prevote_won = False
+            return
         if message.get("round") != self._prevote_round or not message.get("granted"):
             return
         self._prevote_grants |= {node.id}

@@ -239,3 +239,21 @@ def test_with_pre_vote_the_survivors_replace_a_dead_leader(
     tick_until(survivors, lambda: _leader(survivors) is not None, "a new leader")
     new_leader = _leader(survivors)
     assert new_leader is not None and new_leader.raftCurrentTerm == term + 1
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_pre_vote_teaches_the_asker_a_higher_term(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    """Otherwise a node whose request_vote was lost could stay a term behind and ask
+    forever at a term the others will not grant (their term is already that high)."""
+    nodes = start(WithPreVote)
+    leader = _leader(nodes)
+    assert isinstance(leader, PreVote)
+    follower = next(n for n in nodes if n is not leader)
+    assert isinstance(follower, PreVote)
+    term = follower.raftCurrentTerm
+    answer = {"type": "pre_vote_response", "round": 0, "granted": False, "term": term + 5}
+    follower._count_pre_vote(leader.selfNode, answer)
+    assert follower.raftCurrentTerm == term + 5
+    assert not follower._isLeader()
