@@ -149,6 +149,10 @@ class PreVote:
     it. An election the leader asked for (pysyncobj's leadership transfer) is
     not held up. Nodes without this class ignore pre-vote messages: in a
     mixed cluster the new nodes still vote in real elections as before.
+    Terms still travel: a pre-vote answer carries the answerer's term, and a
+    node answers an older leader's append-entries with its own (pysyncobj
+    sends nothing back), so a node that got ahead in term while cut off makes
+    the leader step down once it can reach it, instead of staying out.
     """
 
     # pysyncobj's private state and methods this class reads and calls.
@@ -192,6 +196,7 @@ class PreVote:
             return
         if self._prevote_won:
             self._prevote_won = False
+            self._prevote_round += 1  # late grants of the round just used count for nothing
             return  # pysyncobj starts the election in this tick
         self._SyncObj__raftElectionDeadline = now + self._SyncObj__generateRaftTimeout()
         self._prevote_round += 1
@@ -215,9 +220,27 @@ class PreVote:
         if kind == PRE_VOTE_RESPONSE:
             self._count_pre_vote(node, message)
             return
-        if kind == "append_entries" and message.get("term", -1) >= self._SyncObj__raftCurrentTerm:
-            self._leader_heard_at = monotonic_time()
-            self._prevote_won = False
+        if kind == "append_entries":
+            term = message.get("term", -1)
+            if term >= self._SyncObj__raftCurrentTerm:
+                self._leader_heard_at = monotonic_time()
+                self._prevote_won = False
+                self._prevote_round += 1
+            else:
+                # pysyncobj drops an older leader's append-entries without an answer,
+                # so a node that got ahead in term (cut off while an election ran) could
+                # never rejoin: the leader would not learn the term, and pre-votes keep
+                # the node from forcing one. Tell the leader (Raft: a response carries
+                # the term); it adopts the term and steps down, and an election follows.
+                self._SyncObj__transport.send(
+                    node,
+                    {
+                        "type": PRE_VOTE_RESPONSE,
+                        "round": -1,
+                        "granted": False,
+                        "term": self._SyncObj__raftCurrentTerm,
+                    },
+                )
         super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
 
     def _answer_pre_vote(self, node: Any, message: Any) -> None:

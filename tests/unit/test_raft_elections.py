@@ -257,3 +257,29 @@ def test_a_refused_pre_vote_teaches_the_asker_a_higher_term(
     follower._count_pre_vote(leader.selfNode, answer)
     assert follower.raftCurrentTerm == term + 5
     assert not follower._isLeader()
+
+
+@pytest.mark.timeout(60)
+def test_a_node_ahead_in_term_rejoins_through_an_election(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    """A node that raised its term while cut off refuses the leader's older
+    append-entries; pysyncobj sends no answer to those, and pre-votes would never
+    force the term on the others. The node answers with its term instead, the leader
+    steps down, and the cluster agrees again on a leader at a higher term."""
+    nodes = start(WithPreVote)
+    leader = _leader(nodes)
+    assert leader is not None
+    ahead = next(n for n in nodes if n is not leader)
+    term = leader.raftCurrentTerm
+    ahead._SyncObj__setCurrentTerm(term + 3, None)
+    tick_until(
+        nodes,
+        lambda: (
+            _leader(nodes) is not None
+            and len({n.raftCurrentTerm for n in nodes}) == 1
+            and all(n._getLeader() == _leader(nodes).selfNode for n in nodes)  # type: ignore[union-attr]
+        ),
+        "every node to follow one leader at one term",
+    )
+    assert nodes[0].raftCurrentTerm > term + 3
