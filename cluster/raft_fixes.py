@@ -232,16 +232,20 @@ class PreVote:
                 # never rejoin: the leader would not learn the term, and pre-votes keep
                 # the node from forcing one. Tell the leader (Raft: a response carries
                 # the term); it adopts the term and steps down, and an election follows.
-                self._SyncObj__transport.send(
-                    node,
-                    {
-                        "type": PRE_VOTE_RESPONSE,
-                        "round": -1,
-                        "granted": False,
-                        "term": self._SyncObj__raftCurrentTerm,
-                    },
-                )
+                self._send_pre_vote_response(node, -1, granted=False)
         super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+
+    def _send_pre_vote_response(self, node: Any, round_id: int, *, granted: bool) -> None:
+        """Every answer carries this node's term (see _count_pre_vote)."""
+        self._SyncObj__transport.send(
+            node,
+            {
+                "type": PRE_VOTE_RESPONSE,
+                "round": round_id,
+                "granted": granted,
+                "term": self._SyncObj__raftCurrentTerm,
+            },
+        )
 
     def _answer_pre_vote(self, node: Any, message: Any) -> None:
         conf = self._SyncObj__conf
@@ -254,15 +258,7 @@ class PreVote:
             and message["term"] > self._SyncObj__raftCurrentTerm
             and their_log >= (my_last_term, my_last_index)
         )
-        self._SyncObj__transport.send(
-            node,
-            {
-                "type": PRE_VOTE_RESPONSE,
-                "round": message["round"],
-                "granted": granted,
-                "term": self._SyncObj__raftCurrentTerm,
-            },
-        )
+        self._send_pre_vote_response(node, message["round"], granted=granted)
 
     def _count_pre_vote(self, node: Any, message: Any) -> None:
         term = message.get("term")

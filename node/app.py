@@ -218,10 +218,6 @@ async def publish(request: web.Request) -> web.Response:
     return json_response({"ids": result["ids"]})
 
 
-# A multi-queue publish is checked, queue by queue, as this route would be.
-_PUBLISH_ROUTE = ("POST", "/v1/queues/{queue}/messages")
-
-
 async def publish_many(request: web.Request) -> web.Response:
     """Publishes to several queues in one request (one Raft entry when it fits).
 
@@ -235,7 +231,7 @@ async def publish_many(request: web.Request) -> web.Response:
     commands = publish_many_commands(await read_json(request), request.app[CONFIG].limits, now_ms())
     read_store = auth.store_lookup(raft)
     for command in commands:
-        auth.authorize(request, read_store, _PUBLISH_ROUTE, {"queue": command["queue"]})
+        auth.authorize(request, read_store, auth.PUBLISH_ROUTE, {"queue": command["queue"]})
     outcomes = await asyncio.gather(*(_commit(request, command) for command in commands))
     results: list[dict[str, Any]] = []
     for command, result in zip(commands, outcomes, strict=True):

@@ -35,6 +35,10 @@ from storage import users
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# The route whose rule a publish sent some other way (a channel frame, one queue of a
+# multi-queue publish) is checked against.
+PUBLISH_ROUTE: Final = ("POST", "/v1/queues/{queue}/messages")
+
 OPEN: Final = "open"
 AUTHENTICATED: Final = "authenticated"
 ADMIN: Final = "admin"

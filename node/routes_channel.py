@@ -72,7 +72,7 @@ _PUMP_RETRY_S: Final = 0.1
 _PUMP_WAIT_S: Final = 1.0
 
 _ROUTES: Final = {
-    "publish": ("POST", "/v1/queues/{queue}/messages"),
+    "publish": auth.PUBLISH_ROUTE,
     "subscribe": ("POST", "/v1/queues/{queue}/receive"),
     "ack": ("POST", "/v1/queues/{queue}/ack"),
     "nack": ("POST", "/v1/queues/{queue}/nack"),
