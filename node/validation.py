@@ -4,13 +4,13 @@ Everything non-deterministic (ids, lease tokens, `now`) is stamped here, on
 the leader, so that applying a command is the same on every replica.
 """
 
-import base64
 import binascii
 import math
 import re
 import secrets
 import uuid
-from typing import Any
+from collections.abc import Set
+from typing import Any, Final
 
 from node.config import Limits
 from node.errors import ApiError, bad_request
@@ -72,7 +72,7 @@ def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
 
-def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
+def reject_unknown(body: dict[str, Any], allowed: Set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise bad_request(f"unknown field(s): {', '.join(unknown)}")
@@ -120,10 +120,14 @@ def _headers(value: Any, limits: Limits) -> dict[str, str]:
     return value
 
 
+_MESSAGE_FIELDS: Final = frozenset({"body", "headers", "id", "delay", "encoding"})
+
+
 def _message(raw: Any, limits: Limits) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise bad_request("each message must be an object with a body")
-    reject_unknown(raw, {"body", "headers", "id", "delay", "encoding"})
+    if not raw.keys() <= _MESSAGE_FIELDS:
+        reject_unknown(raw, _MESSAGE_FIELDS)
     body = raw.get("body")
     if not isinstance(body, str):
         raise bad_request("message body must be a string (use encoding 'base64' for binary)")
@@ -137,7 +141,7 @@ def _message(raw: Any, limits: Limits) -> dict[str, Any]:
         if encoding != "base64":
             raise bad_request("encoding must be 'base64' when given")
         try:
-            base64.b64decode(body, validate=True)
+            binascii.a2b_base64(body, strict_mode=True)
         except (binascii.Error, ValueError):
             raise bad_request("message body is not valid base64") from None
         message["encoding"] = "base64"

@@ -42,17 +42,16 @@ from raftmq.client import (
     MAX_REDIRECTS,
     AckResult,
     AsyncClient,
-    Message,
     NackResult,
     _Attempts,
     _decode_received,
-    _encode_message,
     _error_from,
     _origin,
     _Response,
     _Retry,
     _too_many_redirects,
     _transport_retry,
+    _wire_message,
 )
 from raftmq.errors import BadRequest, RaftMQError, Unauthorized
 
@@ -194,8 +193,7 @@ class Channel:
     ) -> str:
         """Publishes one message; returns its id once a Raft majority has it."""
         self._raise_if_failed()
-        msg = Message(body, dict(headers) if headers is not None else None, id, delay)
-        return await self._batcher.publish(queue, _encode_message(msg))
+        return await self._batcher.publish(queue, _wire_message(body, headers, id, delay))
 
     async def ack(self, queue: str, receipts: list[str]) -> AckResult:
         self._raise_if_failed()

@@ -189,25 +189,39 @@ def _dumps(obj: Any) -> bytes:
 def _encode_message(msg: Message | Mapping[str, Any]) -> JSONDict:
     """Turns a Message/dict into wire form, fixing its id now so retries reuse it."""
     if isinstance(msg, Message):
-        raw: dict[str, Any] = {
-            "body": msg.body,
-            "headers": msg.headers,
-            "id": msg.id,
-            "delay": msg.delay,
-        }
-    elif isinstance(msg, Mapping):
-        raw = dict(msg)
-    else:
+        return _wire_message(msg.body, msg.headers, msg.id, msg.delay)
+    if not isinstance(msg, Mapping):
         raise TypeError(f"expected Message or dict, got {type(msg).__name__}")
-    out: JSONDict = {k: v for k, v in raw.items() if v is not None}
+    out: JSONDict = {k: v for k, v in msg.items() if v is not None}
     body = out.get("body")
     if isinstance(body, bytes | bytearray | memoryview):
-        out["body"] = base64.b64encode(bytes(body)).decode("ascii")
+        out["body"] = base64.b64encode(body).decode("ascii")
         out["encoding"] = "base64"
     elif not isinstance(body, str):
         raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
     if not out.get("id"):
         out["id"] = new_message_id()
+    return out
+
+
+def _wire_message(
+    body: str | bytes,
+    headers: Mapping[str, str] | None = None,
+    msg_id: str | None = None,
+    delay: float | None = None,
+) -> JSONDict:
+    """One message in wire form, its id fixed now (the publish fast path: no copies)."""
+    if isinstance(body, str):
+        out: JSONDict = {"body": body}
+    elif isinstance(body, bytes | bytearray | memoryview):
+        out = {"body": base64.b64encode(body).decode("ascii"), "encoding": "base64"}
+    else:
+        raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
+    if headers is not None:
+        out["headers"] = dict(headers)
+    out["id"] = msg_id or new_message_id()
+    if delay is not None:
+        out["delay"] = delay
     return out
 
 
@@ -265,7 +279,11 @@ def _op_queues() -> _Call[list[JSONDict]]:
 
 
 def _op_publish(queue: str, messages: Sequence[Message | Mapping[str, Any]]) -> _Call[list[str]]:
-    wire = [_encode_message(m) for m in messages]
+    return _op_publish_wire(queue, [_encode_message(m) for m in messages])
+
+
+def _op_publish_wire(queue: str, wire: list[JSONDict]) -> _Call[list[str]]:
+    """Messages already in wire form (ids fixed, as the coalescing hands them over)."""
     return _Call(
         "POST",
         _queue_path(queue, "/messages"),
@@ -1244,7 +1262,7 @@ class AsyncClient(_Base):
         self._batcher: Batcher | None = None
         if linger_ms > 0:
             self._batcher = Batcher(
-                lambda q, wire: self._run(_op_publish(q, wire)),
+                lambda q, wire: self._run(_op_publish_wire(q, wire)),
                 lambda q, receipts: self._run(_op_ack(q, receipts)),
                 publish_many=self._publish_many,
                 linger_ms=linger_ms,
@@ -1269,7 +1287,7 @@ class AsyncClient(_Base):
         outcomes: list[list[str] | BaseException] = []
         for queue, wire in groups:
             try:
-                ids: list[str] = await self._run(_op_publish(queue, wire))
+                ids: list[str] = await self._run(_op_publish_wire(queue, wire))
                 outcomes.append(ids)
             except RaftMQError as exc:
                 outcomes.append(exc)
@@ -1357,10 +1375,10 @@ class AsyncClient(_Base):
         delay: float | None = None,
     ) -> str:
         """Publishes one message; returns its id."""
-        msg = Message(body, dict(headers) if headers is not None else None, id, delay)
+        wire = _wire_message(body, headers, id, delay)
         if self._batcher is not None:
-            return await self._batcher.publish(queue, _encode_message(msg))
-        return (await self._run(_op_publish(queue, [msg])))[0]
+            return await self._batcher.publish(queue, wire)
+        return (await self._run(_op_publish_wire(queue, [wire])))[0]
 
     async def publish_batch(
         self, queue: str, messages: Sequence[Message | Mapping[str, Any]]

@@ -81,7 +81,9 @@ def payload(raw: object, *, id_required: bool) -> Payload:
     headers = raw.get("headers")
     if headers is None:
         headers = {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) for k in headers):
+    elif not isinstance(headers, dict) or (
+        headers and not all(isinstance(k, str) for k in headers)
+    ):
         raise InvalidCommand("headers must be an object with string keys")
     encoding = raw.get("encoding")
     if encoding not in (None, ENCODING_BASE64):
