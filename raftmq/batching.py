@@ -361,8 +361,12 @@ class Batcher:
         """Acks ``receipts``; the result counts only this caller's receipts."""
         if not receipts:
             return await self._ack_fn(queue, receipts)  # let the server refuse it as before
+        return await self.ack_soon(queue, receipts)
+
+    def ack_soon(self, queue: str, receipts: list[str]) -> asyncio.Future[AckResult]:
+        """Queues the ack of ``receipts`` (at least one) and returns its future at once."""
         size = sum(len(r) + 4 for r in receipts)
-        return await self.acks.submit(queue, receipts, count=len(receipts), size=size)
+        return self.acks.submit(queue, receipts, count=len(receipts), size=size)
 
     async def drain(self) -> None:
         """Sends whatever waits and waits for every request in flight."""

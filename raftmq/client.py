@@ -1405,6 +1405,18 @@ class AsyncClient(_Base):
             return await self._batcher.ack(queue, _receipts(receipts))
         return await self._run(_op_ack(queue, _receipts(receipts)))
 
+    def ack_soon(self, queue: str, receipts: Iterable[str] | str) -> asyncio.Future[AckResult]:
+        """Acks without waiting for the answer (as AMQP's basic.ack): the ack is sent,
+        coalesced with others, whether or not the returned future is awaited.
+
+        Await the future (or add a done callback) to learn of a failure; a failed
+        ack means the message may be delivered again.
+        """
+        wanted = _receipts(receipts)
+        if self._batcher is not None and wanted:
+            return self._batcher.ack_soon(queue, wanted)
+        return asyncio.ensure_future(self.ack(queue, wanted))
+
     async def nack(
         self, queue: str, receipts: Iterable[str] | str, delay: float | None = None
     ) -> NackResult:

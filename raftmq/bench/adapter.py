@@ -26,6 +26,7 @@ import logging
 import struct
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 from raftmq.bench.cluster import BenchCluster
 from raftmq.channel import Channel
@@ -84,7 +85,7 @@ class RaftMQ:
         self.channel: Channel | None = None
         self.client: AsyncClient | None = None
         self.node: int | None = None
-        self._acks: set[asyncio.Task[object]] = set()
+        self._acks: set[asyncio.Future[Any]] = set()
         self.ack_errors = 0
         self.receives = 0  # receive calls that returned messages
         self.received = 0
@@ -176,14 +177,16 @@ class RaftMQ:
 
     def _acker(self, receipt: str) -> Ack:
         async def ack() -> None:
-            call = self.mq.ack if self.channel is None else self.channel.ack
-            task: asyncio.Task[object] = asyncio.ensure_future(call(self.q, [receipt]))
-            self._acks.add(task)
-            task.add_done_callback(self._ack_done)
+            if self.channel is None:
+                pending: asyncio.Future[Any] = self.mq.ack_soon(self.q, [receipt])
+            else:
+                pending = asyncio.ensure_future(self.channel.ack(self.q, [receipt]))
+            self._acks.add(pending)
+            pending.add_done_callback(self._ack_done)
 
         return ack
 
-    def _ack_done(self, task: asyncio.Task[object]) -> None:
+    def _ack_done(self, task: asyncio.Future[Any]) -> None:
         self._acks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.ack_errors += 1

@@ -8,6 +8,7 @@ needs "promptly", a generous ``wait_for`` guards against a hang.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -209,6 +210,36 @@ async def test_concurrent_acks_are_coalesced_per_queue(
     assert [(r.acked, r.stale) for r in results[:-1]] == [(1, [])] * 60
     assert (results[-1].acked, results[-1].stale) == (0, ["gone"])
     assert fake.broker.queues["q"]["leased"] == {}
+
+
+@pytest.mark.parametrize("linger_ms", [1.0, 0.0])
+async def test_ack_soon_sends_without_being_awaited_and_reports_through_its_future(
+    fake: FakeCluster, linger_ms: float
+) -> None:
+    """Coalesced with the other acks (or alone without coalescing); the future holds
+    this caller's own result."""
+    leader = fake.node("leader")
+    _queue(fake)
+    client = AsyncClient(leader.url, timeout=5.0, retry_deadline=5.0, linger_ms=linger_ms)
+    try:
+        await client.publish_batch("q", [{"body": f"m{i}"} for i in range(10)])
+        receipts = [m.receipt for m in await client.receive("q", max=10)]
+        before = len(leader.seen)
+
+        futures = [client.ack_soon("q", r) for r in receipts]
+        futures.append(client.ack_soon("q", "gone"))
+        assert not any(f.done() for f in futures)  # nothing waited for the answer
+        deadline = time.monotonic() + 5
+        while fake.broker.queues["q"]["leased"]:
+            assert time.monotonic() < deadline, "the acks were never sent"
+            await asyncio.sleep(0.001)
+
+        ack_requests = [s for s in leader.seen[before:] if s.path.endswith("/ack")]
+        assert len(ack_requests) == (1 if linger_ms else 11)
+        results = await asyncio.gather(*futures)
+        assert [(r.acked, r.stale) for r in results] == [(1, [])] * 10 + [(0, ["gone"])]
+    finally:
+        await client.close()
 
 
 async def test_close_sends_what_is_still_waiting(fake: FakeCluster) -> None:
