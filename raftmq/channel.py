@@ -199,6 +199,13 @@ class Channel:
         self._raise_if_failed()
         return await self._batcher.ack(queue, receipts)
 
+    def ack_soon(self, queue: str, receipts: list[str]) -> asyncio.Future[AckResult]:
+        """Acks without waiting for the answer, as :meth:`AsyncClient.ack_soon`."""
+        self._raise_if_failed()
+        if not receipts:
+            return asyncio.ensure_future(self.ack(queue, receipts))
+        return self._batcher.ack_soon(queue, receipts)
+
     async def nack(self, queue: str, receipts: list[str], delay: float | None = None) -> NackResult:
         frame: dict[str, Any] = {"op": "nack", "queue": queue, "receipts": receipts}
         if delay is not None:

@@ -177,10 +177,8 @@ class RaftMQ:
 
     def _acker(self, receipt: str) -> Ack:
         async def ack() -> None:
-            if self.channel is None:
-                pending: asyncio.Future[Any] = self.mq.ack_soon(self.q, [receipt])
-            else:
-                pending = asyncio.ensure_future(self.channel.ack(self.q, [receipt]))
+            acker = self.mq if self.channel is None else self.channel
+            pending: asyncio.Future[Any] = acker.ack_soon(self.q, [receipt])
             self._acks.add(pending)
             pending.add_done_callback(self._ack_done)
 

@@ -255,6 +255,21 @@ async def test_client_channel_publishes_consumes_and_resends_after_a_reconnect(
     assert (await _queue(client))["total"] == 0
 
 
+async def test_channel_ack_soon_acks_without_being_awaited(client: Client) -> None:
+    await _declare(client)
+    await _publish(client, 5)
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, retry_deadline=GUARD_S) as mq, mq.channel() as ch:
+        futures = []
+        async for msg in ch.consume("jobs", prefetch=5):
+            futures.append(ch.ack_soon("jobs", [msg.receipt]))
+            if len(futures) == 5:
+                break
+        await _wait_for(lambda: all(f.done() for f in futures))
+        assert [f.result().acked for f in futures] == [1] * 5
+    assert (await _queue(client))["total"] == 0
+
+
 async def test_client_consume_raises_for_a_missing_queue(client: Client) -> None:
     url = str(client.make_url("")).rstrip("/")
     async with AsyncClient(url) as mq, mq.channel() as ch:
