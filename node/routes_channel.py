@@ -19,14 +19,20 @@ one task per frame so concurrent frames share Raft entries.
 A subscription's credit is `prefetch` minus its deliveries not yet acked,
 nacked or expired (lease time on this node's clock). Its pump leases at most
 the credit with a `receive` command and waits on the queue waiters when the
-queue is empty. When this node stops leading, or stops, every channel is
-closed with reason "not_leader"; the client reconnects to the leader.
+queue is empty. While the pump waits for credit, an ack frame for its queue
+also leases the credit that the ack frees, proposed right behind the ack so
+both share one Raft entry: the ack applies first, so `prefetch` still bounds
+what is leased at every point of the log, and a consumer that acks what it
+was given gets the next messages one Raft round later instead of two. When
+this node stops leading, or stops, every channel is closed with reason
+"not_leader"; the client reconnects to the leader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -45,12 +51,13 @@ from node.app import (
     WAITERS,
 )
 from node.clock import now_ms
-from node.delivery import TooManyWaiters, lease_or_wait
+from node.delivery import TooManyWaiters, deliverable_state, lease_or_wait
 from node.errors import ApiError, bad_request, from_cluster_error, from_result, ok_or_raise
 from node.validation import (
     check_name,
     publish_command,
     receipts_command,
+    receive_command,
     receive_params,
     reject_unknown,
 )
@@ -87,6 +94,10 @@ def _error_frame(error: ApiError, key: str, value: Any) -> dict[str, Any]:
     return {"op": "error", key: value, "status": error.status, **error.body()}
 
 
+# A proposal's result, or what it raised (asyncio.gather with return_exceptions).
+Outcome = dict[str, Any] | BaseException
+
+
 @dataclass
 class _Sub:
     name: str
@@ -97,6 +108,9 @@ class _Sub:
     leased: dict[str, float] = field(default_factory=dict)
     freed: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # The pump waits for credit (an ack may then lease for it); an ack is leasing for it.
+    starved: bool = False
+    riding: bool = False
 
     def credit(self, now: float) -> int:
         for receipt in [r for r, end in self.leased.items() if end <= now]:
@@ -239,7 +253,11 @@ class _Channel:
         queue = self.queue_of(frame, op)
         body = {k: v for k, v in frame.items() if k in ("receipts", "delay")}
         command = receipts_command(op, queue, body, self.limits, now_ms())
-        result = ok_or_raise(await self.raft.propose_as_leader(command), queue)
+        rider = self.starved_sub(queue, command["receipts"]) if op == "ack" else None
+        if rider is None:
+            result = ok_or_raise(await self.raft.propose_as_leader(command), queue)
+        else:
+            result = ok_or_raise(await self.ack_and_lease(rider, command), queue)
         for sub in self.subs.values():
             if sub.queue == queue:
                 sub.release(command["receipts"])
@@ -288,18 +306,77 @@ class _Channel:
 
     # -- push consumer
 
+    def starved_sub(self, queue: str, receipts: list[str]) -> _Sub | None:
+        """A subscription to `queue` whose pump waits for the credit these receipts free."""
+        for sub in self.subs.values():
+            waiting = sub.queue == queue and sub.starved and not sub.riding
+            if waiting and any(receipt in sub.leased for receipt in receipts):
+                return sub
+        return None
+
+    async def ack_and_lease(self, sub: _Sub, ack: dict[str, Any]) -> dict[str, Any]:
+        """Propose `ack` and, right behind it, a lease of the credit it frees; the ack's result.
+
+        Both are proposed in one loop iteration, so the Proposer puts them in one
+        entry, ack first. The lease's outcome never fails the ack: if it did not
+        happen, the pump leases as usual once the ack is in.
+        """
+        loop = asyncio.get_running_loop()
+        sub.riding = True
+        try:
+            now = now_ms()
+            info = self.raft.read(functools.partial(deliverable_state, queue=sub.queue, now=now))
+            if info is None or not info[0]:
+                return await self.raft.propose_as_leader(ack)
+            mine = sum(1 for receipt in ack["receipts"] if receipt in sub.leased)
+            lease_ms = sub.lease_ms or info[1]
+            receive = receive_command(sub.queue, sub.credit(loop.time()) + mine, lease_ms, now)
+            outcomes: tuple[Outcome, Outcome] = await asyncio.gather(
+                self.raft.propose_as_leader(ack),
+                self.raft.propose_as_leader(receive),
+                return_exceptions=True,
+            )
+            acked, leased = outcomes
+            if isinstance(acked, dict) and acked.get("status") == "ok":
+                sub.release(ack["receipts"])
+            if isinstance(leased, dict) and leased.get("status") == "ok" and leased["messages"]:
+                await self.deliver(sub, leased["messages"], lease_ms, now)
+            elif isinstance(leased, BaseException):
+                logger.debug("lease behind an ack on %s: %r", sub.queue, leased)
+            if isinstance(acked, BaseException):
+                raise acked
+            return acked
+        finally:
+            sub.riding = False
+            sub.freed.set()
+
+    async def deliver(
+        self, sub: _Sub, messages: list[dict[str, Any]], lease_ms: int, leased_at_ms: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        # Counted from the receive's clock: the lease ends no later than this.
+        elapsed_s = max(0, now_ms() - leased_at_ms) / 1000
+        end = loop.time() + lease_ms / 1000 - elapsed_s
+        for message in messages:
+            sub.leased[message["receipt"]] = end
+        await self.send({"op": "deliver", "sub": sub.name, "messages": messages})
+
     async def pump(self, sub: _Sub) -> None:
         """Lease up to the credit, deliver, repeat; wait for credit or messages between."""
         loop = asyncio.get_running_loop()
         try:
             while self.subs.get(sub.name) is sub:
                 credit = sub.credit(loop.time())
-                if credit <= 0:
+                if credit <= 0 or sub.riding:
                     sub.freed.clear()
                     expiry = sub.next_expiry()
                     timeout = 1.0 if expiry is None else max(0.001, expiry - loop.time())
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(sub.freed.wait(), min(timeout, 1.0))
+                    sub.starved = not sub.riding
+                    try:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(sub.freed.wait(), min(timeout, 1.0))
+                    finally:
+                        sub.starved = False
                     continue
                 try:
                     await self.lease(sub, credit)
@@ -321,7 +398,6 @@ class _Channel:
 
     async def lease(self, sub: _Sub, credit: int) -> None:
         """One round: lease and deliver, or wait until the queue may have something."""
-        loop = asyncio.get_running_loop()
         try:
             # On a ClusterError the lease may or may not have happened: its messages
             # come back on expiry (the pump retries).
@@ -332,12 +408,7 @@ class _Channel:
             await asyncio.sleep(_PUMP_WAIT_S)
             return
         if lease.messages:
-            # Counted from the receive's clock: the lease ends no later than this.
-            elapsed_s = max(0, now_ms() - lease.leased_at_ms) / 1000
-            end = loop.time() + lease.lease_ms / 1000 - elapsed_s
-            for message in lease.messages:
-                sub.leased[message["receipt"]] = end
-            await self.send({"op": "deliver", "sub": sub.name, "messages": lease.messages})
+            await self.deliver(sub, lease.messages, lease.lease_ms, lease.leased_at_ms)
 
 
 async def channel(request: web.Request) -> web.StreamResponse:

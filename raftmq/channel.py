@@ -200,7 +200,8 @@ class Channel:
         return await self._batcher.ack(queue, receipts)
 
     def ack_soon(self, queue: str, receipts: list[str]) -> asyncio.Future[AckResult]:
-        """Acks without waiting for the answer, as :meth:`AsyncClient.ack_soon`."""
+        """Acks without waiting for the answer, as :meth:`AsyncClient.ack_soon`; raises
+        at once if the channel has failed, as every call on it does."""
         self._raise_if_failed()
         if not receipts:
             return asyncio.ensure_future(self.ack(queue, receipts))

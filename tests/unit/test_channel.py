@@ -133,6 +133,35 @@ async def test_credit_window_is_never_exceeded_and_acks_refill_it(client: Client
     await ws.close()
 
 
+async def test_an_ack_that_frees_credit_carries_the_next_lease(
+    client: Client, fake: FakeRaft
+) -> None:
+    """A starved subscription's next messages are leased right behind the ack that frees
+    its credit (delivered before the ack is even answered), never beyond the prefetch."""
+    await _declare(client)
+    await _publish(client, 9)
+    ws = await client.ws_connect("/v1/channel")
+    await ws.send_json({"op": "subscribe", "sub": "s1", "queue": "jobs", "prefetch": 3})
+    assert await _recv(ws) == {"op": "subscribed", "sub": "s1"}
+    first = await _recv(ws)
+    assert first["op"] == "deliver" and len(first["messages"]) == 3
+    # The pump went on to wait for credit in the same step that wrote this delivery.
+    entries_before = len(fake.entries)
+
+    receipts = [m["receipt"] for m in first["messages"]]
+    await ws.send_json({"op": "ack", "seq": 1, "queue": "jobs", "receipts": receipts})
+    second, answer = await _recv(ws), await _recv(ws)
+
+    assert second["op"] == "deliver" and len(second["messages"]) == 3, second
+    assert answer == {"op": "acked", "seq": 1, "acked": 3, "stale": []}
+    ops = [[c["op"] for c in entry] for entry in fake.entries[entries_before:]]
+    assert ops[:2] == [["ack"], ["receive"]], ops
+    assert fake.entries[entries_before + 1][0]["max"] == 3
+    info = await _queue(client)
+    assert (info["in_flight"], info["total"]) == (3, 6)
+    await ws.close()
+
+
 async def test_an_expired_lease_gives_its_credit_back(client: Client) -> None:
     await _declare(client)
     await _publish(client, 1)
