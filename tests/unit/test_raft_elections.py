@@ -238,7 +238,10 @@ def test_with_pre_vote_the_survivors_replace_a_dead_leader(
     survivors = [n for n in nodes if n is not leader]
     tick_until(survivors, lambda: _leader(survivors) is not None, "a new leader")
     new_leader = _leader(survivors)
-    assert new_leader is not None and new_leader.raftCurrentTerm == term + 1
+    # Usually at term + 1; when both survivors ask at the same moment they grant each
+    # other's pre-vote and split the real vote, and the next round decides (term + 2),
+    # as without pre-vote. Pre-vote must not stop the election, nor make it run away.
+    assert new_leader is not None and term < new_leader.raftCurrentTerm <= term + 3
 
 
 @pytest.mark.timeout(60)
