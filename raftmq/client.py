@@ -193,15 +193,19 @@ def _encode_message(msg: Message | Mapping[str, Any]) -> JSONDict:
     if not isinstance(msg, Mapping):
         raise TypeError(f"expected Message or dict, got {type(msg).__name__}")
     out: JSONDict = {k: v for k, v in msg.items() if v is not None}
-    body = out.get("body")
-    if isinstance(body, bytes | bytearray | memoryview):
-        out["body"] = base64.b64encode(body).decode("ascii")
-        out["encoding"] = "base64"
-    elif not isinstance(body, str):
-        raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
+    out.update(_wire_body(out.get("body")))
     if not out.get("id"):
         out["id"] = new_message_id()
     return out
+
+
+def _wire_body(body: object) -> JSONDict:
+    """``{"body": ...}`` as sent: text as it is, bytes base64-encoded and marked so."""
+    if isinstance(body, str):
+        return {"body": body}
+    if isinstance(body, bytes | bytearray | memoryview):
+        return {"body": base64.b64encode(body).decode("ascii"), "encoding": "base64"}
+    raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
 
 
 def _wire_message(
@@ -211,12 +215,7 @@ def _wire_message(
     delay: float | None = None,
 ) -> JSONDict:
     """One message in wire form, its id fixed now (the publish fast path: no copies)."""
-    if isinstance(body, str):
-        out: JSONDict = {"body": body}
-    elif isinstance(body, bytes | bytearray | memoryview):
-        out = {"body": base64.b64encode(body).decode("ascii"), "encoding": "base64"}
-    else:
-        raise TypeError(f"message body must be str or bytes, got {type(body).__name__}")
+    out = _wire_body(body)
     if headers is not None:
         out["headers"] = dict(headers)
     out["id"] = msg_id or new_message_id()
