@@ -131,6 +131,10 @@ def _bearer(request: web.Request) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("send Authorization: Bearer <token>")
+    # Tokens are ASCII; a header's bytes that are not UTF-8 arrive as lone surrogates,
+    # which cannot be hashed (encoded) and could match no token anyway.
+    if not token.isascii():
+        raise unauthorized("the token is not valid")
     return token.strip()
 
 

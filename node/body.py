@@ -58,10 +58,22 @@ async def read_body(request: web.Request, limits: Limits, budget: BodyBudget) ->
         raise body_too_large(limits.max_body_bytes)
     if declared == 0 or (declared is None and not request.body_exists):
         return b""
-    with budget.reserve(declared if declared is not None else limits.max_body_bytes):
+    # aiohttp inflates a compressed body as it reads it: its declared size says
+    # nothing of what it holds in memory then (up to the body limit).
+    encoded = request.headers.get("Content-Encoding", "identity").strip().lower() != "identity"
+    with budget.reserve(
+        declared if declared is not None and not encoded else limits.max_body_bytes
+    ):
         try:
             async with asyncio.timeout(limits.body_timeout_s):
                 return await request.read()
+        except web.RequestPayloadError:  # a gzip body that does not inflate, ...
+            raise ApiError(
+                400,
+                "invalid_request",
+                "the request body could not be decoded (check its Content-Encoding)",
+                {"Connection": "close"},
+            ) from None
         except TimeoutError:
             raise ApiError(
                 408,

@@ -5,8 +5,10 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import ssl
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -32,10 +34,37 @@ class JoinRefused(Exception):
 REPLICATION_WAIT_S = 5.0
 
 
+# HOST:PORT as pysyncobj connects to it: an ASCII host name or address, a port of ASCII
+# digits (str.isdigit() would take "²", which int() then refuses).
+_RAFT_ADDRESS_RE: Final = re.compile(r"[A-Za-z0-9._\-\[\]:]{1,250}:([0-9]{1,5})")
+# Printable ASCII without spaces: the URL goes into the Location header of redirects.
+_HTTP_URL_RE: Final = re.compile(r"https?://[!-~]{1,1000}")
+
+
 def _address(value: Any, field: str) -> str:
-    if not isinstance(value, str) or ":" not in value or not value.rsplit(":", 1)[1].isdigit():
-        raise bad_request(f"{field} must be HOST:PORT")
-    return value
+    match = _RAFT_ADDRESS_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None or not 0 < int(match.group(1)) < 65536:
+        raise bad_request(f"{field} must be HOST:PORT (an ASCII host and a port of 1-65535)")
+    return match.group(0)
+
+
+def _http_url(value: Any) -> str:
+    refused = bad_request(
+        "http must be the node's advertised http(s) URL: printable ASCII, a host, "
+        "a port of 1-65535, no user, query or fragment"
+    )
+    if not isinstance(value, str) or not _HTTP_URL_RE.fullmatch(value):
+        raise refused
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise refused from None
+    if not url.hostname or port == 0 or url.username is not None or url.query or url.fragment:
+        raise refused
+    if "?" in value or "#" in value:  # an empty query or fragment is still one
+        raise refused
+    return value.rstrip("/")
 
 
 def secret_proof(secret: str, member: dict[str, str]) -> str:
@@ -66,12 +95,11 @@ def check_secret_proof(secret: str | None, body: Any, member: dict[str, str]) ->
 def parse_member(body: Any) -> dict[str, str]:
     body = expect_object(body)
     reject_unknown(body, {"id", "raft", "http", "secret_proof"})
-    node_id, http = body.get("id"), body.get("http")
+    node_id = body.get("id")
     if not isinstance(node_id, str) or not NAME_RE.fullmatch(node_id):
         raise bad_request("id must be a node id of 1-200 of A-Z a-z 0-9 . _ -")
-    if not isinstance(http, str) or not http.startswith(("http://", "https://")):
-        raise bad_request("http must be the node's advertised http(s) URL")
-    return {"id": node_id, "raft": _address(body.get("raft"), "raft"), "http": http.rstrip("/")}
+    http = _http_url(body.get("http"))
+    return {"id": node_id, "raft": _address(body.get("raft"), "raft"), "http": http}
 
 
 def member_list(raft: RaftPort) -> list[dict[str, Any]]:

@@ -151,7 +151,10 @@ def _schemas(limits: Limits) -> dict[str, Schema]:
         "body": {
             "type": "string",
             "maxLength": limits.max_message_bytes,
-            "description": "text, or base64 when encoding is base64",
+            "description": (
+                "text, or base64 when encoding is base64; at most "
+                f"{limits.max_message_bytes} bytes in UTF-8 (413 message_too_large)"
+            ),
         },
         "headers": _nullable(headers),
         "id": _nullable(

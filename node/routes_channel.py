@@ -192,20 +192,26 @@ class _Channel:
         key, value = "seq", None
         reserved = contextlib.ExitStack()
         try:
+            parsed = True
             try:
                 frame = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                raise bad_request("the frame is not valid JSON", "invalid_json") from None
-            if not isinstance(frame, dict):
-                raise bad_request("a frame must be a JSON object")
-            op = frame.get("op")
+                frame, parsed = None, False
+            op = frame.get("op") if isinstance(frame, dict) else None
             if op in ("subscribe", "cancel"):
                 key = "sub"
-            value = frame.get(key)
+            if isinstance(frame, dict):
+                value = frame.get(key)
+            # Checked before the frame's form, as the HTTP API refuses a body over the
+            # limit before it looks at it (the frame was parsed only to name its seq).
             if len(raw) > self.limits.max_body_bytes:
                 raise ApiError(
                     413, "body_too_large", f"a frame is over {self.limits.max_body_bytes} bytes"
                 )
+            if not parsed:
+                raise bad_request("the frame is not valid JSON", "invalid_json")
+            if not isinstance(frame, dict):
+                raise bad_request("a frame must be a JSON object")
             # Frames being handled share the budget of request bodies being received.
             reserved.enter_context(self.request.app[BODY_BUDGET].reserve(len(raw)))
             if op == "publish":
@@ -297,9 +303,12 @@ class _Channel:
 
     async def cancel(self, frame: dict[str, Any]) -> None:
         reject_unknown(frame, {"op", "sub"})
-        sub = self.subs.pop(str(frame.get("sub")), None)
+        name = frame.get("sub")
+        if not isinstance(name, str):  # str() would make a missing sub name one called "None"
+            raise bad_request("sub must be the name of a subscription on this channel")
+        sub = self.subs.pop(name, None)
         if sub is None:
-            raise bad_request(f"no subscription {str(frame.get('sub'))[:60]!r} on this channel")
+            raise bad_request(f"no subscription {name[:60]!r} on this channel")
         if sub.task is not None:
             sub.task.cancel()
         await self.send({"op": "cancelled", "sub": sub.name})
