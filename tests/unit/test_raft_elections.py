@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjException
 
-from cluster.raft_fixes import KeepPeerLinksAlive, PreVote, ReadBeforeElection
+from cluster.raft_fixes import PREVOTE_LEASE, KeepPeerLinksAlive, PreVote, ReadBeforeElection
 from tests.unit.test_journal_durability import free_ports
 
 CONNECTION_TIMEOUT = 1.0
@@ -70,6 +70,13 @@ class Deafenable(Plain):
 
 class WithPreVote(PreVote, Deafenable):
     pass
+
+
+class WithPreVoteWithoutTieBreak(WithPreVote):
+    """Grants every pre-vote otherwise due, even while asking for its own."""
+
+    def _yields_to_self(self, asker: Any, equal_logs: bool) -> bool:
+        return False
 
 
 def tick(nodes: list[Plain], rounds: int = 1) -> None:
@@ -238,10 +245,42 @@ def test_with_pre_vote_the_survivors_replace_a_dead_leader(
     survivors = [n for n in nodes if n is not leader]
     tick_until(survivors, lambda: _leader(survivors) is not None, "a new leader")
     new_leader = _leader(survivors)
-    # Usually at term + 1; when both survivors ask at the same moment they grant each
-    # other's pre-vote and split the real vote, and the next round decides (term + 2),
-    # as without pre-vote. Pre-vote must not stop the election, nor make it run away.
-    assert new_leader is not None and term < new_leader.raftCurrentTerm <= term + 3
+    assert new_leader is not None and new_leader.raftCurrentTerm == term + 1
+
+
+def _survivors_ask_at_once(nodes: list[Plain]) -> tuple[Plain, list[Plain], int]:
+    """Kill the leader, make both survivors ask in the same tick; (new leader, survivors, term)."""
+    leader = _leader(nodes)
+    assert leader is not None
+    term = leader.raftCurrentTerm
+    leader._destroy()
+    survivors = [n for n in nodes if n is not leader]
+    for node in survivors:
+        node._SyncObj__raftElectionDeadline = float("inf")
+    tick_for(survivors, PREVOTE_LEASE * ELECTION_MIN + 0.05)  # both stop counting on it
+    for node in survivors:
+        node._SyncObj__raftElectionDeadline = 0.0
+    tick_until(survivors, lambda: _leader(survivors) is not None, "a new leader")
+    new_leader = _leader(survivors)
+    assert new_leader is not None
+    return new_leader, survivors, term
+
+
+@pytest.mark.timeout(60)
+def test_survivors_asking_at_once_elect_one_of_them_at_the_next_term(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    new_leader, survivors, term = _survivors_ask_at_once(start(WithPreVote))
+    assert new_leader.raftCurrentTerm == term + 1
+    assert new_leader.selfNode.id == min(n.selfNode.id for n in survivors)  # equal logs
+
+
+@pytest.mark.timeout(60)
+def test_without_the_tie_break_survivors_asking_at_once_split_the_vote(
+    start: Callable[[type[Plain]], list[Plain]],
+) -> None:
+    new_leader, _, term = _survivors_ask_at_once(start(WithPreVoteWithoutTieBreak))
+    assert new_leader.raftCurrentTerm > term + 1
 
 
 @pytest.mark.timeout(60)
