@@ -79,7 +79,7 @@ async def grant(request: web.Request) -> web.Response:
     body = await read_json(request)
     reject_unknown(body, set(users.KINDS))
     try:
-        permissions = {kind: users.check_pattern(body.get(kind, "")) for kind in users.KINDS}
+        permissions = {kind: users.check_new_pattern(body.get(kind, "")) for kind in users.KINDS}
     except InvalidCommand as exc:
         raise bad_request(str(exc)) from None
     result = await _commit(request, {"op": "user_grant", "user": name, **permissions})

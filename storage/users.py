@@ -14,8 +14,10 @@ way on every replica.
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable
+from re import _constants, _parser
 from typing import Any, Final
 
 import lmdb
@@ -44,6 +46,116 @@ def check_pattern(pattern: object) -> str:
     except (re.error, RecursionError, OverflowError) as exc:
         raise InvalidCommand(f"permission {pattern[:60]!r} is not a valid regex: {exc}") from None
     return pattern
+
+
+# Names a permission is matched against are at most this long (node.validation).
+MAX_RESOURCE_CHARS: Final = 200
+# The most match steps a permission check may take in the worst case, by the
+# estimate of `matching_cost` (measured: ≈ 20 ns a step, so ≈ 60 ms).
+MAX_MATCHING_COST: Final = 3_000_000
+_UNSUPPORTED: Final = {
+    _constants.GROUPREF,
+    _constants.GROUPREF_EXISTS,
+    _constants.ASSERT,
+    _constants.ASSERT_NOT,
+}
+
+
+def check_new_pattern(pattern: object) -> str:
+    """check_pattern, and a worst-case matching time bounded by MAX_MATCHING_COST.
+
+    Python's regexes backtrack: `(a*)*b` against a name of 30 a's takes seconds,
+    on the event loop, with the GIL held, so one request could stall the node's
+    Raft thread too. New grants must keep a permission check short. Only the
+    node applies this, to what it is about to propose: grants already in the
+    log replay as before.
+    """
+    checked = check_pattern(pattern)
+    cost = matching_cost(checked)
+    if cost > MAX_MATCHING_COST:
+        raise InvalidCommand(
+            f"permission {checked[:60]!r} could take too long to match: nested or "
+            "alternated repeats like (a*)* or (a|ab)*, or more than three repeats in a row"
+        )
+    return checked
+
+
+def matching_cost(pattern: str) -> float:
+    """An upper estimate of the backtracking steps of a fullmatch on a name; inf if unbounded.
+
+    A repeat of variable length counts as one choice among MAX_RESOURCE_CHARS
+    split points and alternatives multiply; k repeats in a row can only split a
+    name in increasing order (n^k / k!). A repeat of something that itself
+    varies (a repeat, an alternation) and back references or lookarounds are
+    unbounded (exponential in the name's length).
+    """
+    try:
+        tree: list[Any] = list(_parser.parse(pattern))
+    except (re.error, RecursionError, OverflowError):
+        return math.inf
+    terms = _path_terms(tree)
+    if terms is None:
+        return math.inf
+    n = MAX_RESOURCE_CHARS + 1
+    return float(sum(count * n**k / math.factorial(k) for k, count in terms.items()))
+
+
+_Terms = dict[int, int]  # repeats along a path -> how many paths have that many
+
+
+def _path_terms(items: list[Any]) -> _Terms | None:
+    """The paths through a sequence of parsed items, by repeats met; None if unbounded."""
+    terms: _Terms = {0: 1}
+    for op, arg in items:
+        if op in _UNSUPPORTED:
+            return None
+        if op is _constants.BRANCH:
+            item: _Terms = {}
+            for alternative in arg[1]:
+                sub = _path_terms(list(alternative))
+                if sub is None:
+                    return None
+                for k, count in sub.items():
+                    item[k] = item.get(k, 0) + count
+        elif op is _constants.SUBPATTERN:
+            sub = _path_terms(list(arg[3]))
+            if sub is None:
+                return None
+            item = sub
+        elif op in (_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT):
+            low, high, body = arg
+            sub = _path_terms(list(body))
+            if sub is None:
+                return None
+            if low == high:  # a fixed count of the same paths
+                item = {0: 1}
+                for _ in range(min(low, 64)):
+                    item = _product(item, sub)
+                if low > 64 and sub != {0: 1}:
+                    return None
+            elif sub != {0: 1}:
+                return None  # a repeat of something that varies itself
+            else:
+                item = {1: 1}
+        elif op is _constants.ATOMIC_GROUP:
+            sub = _path_terms(list(arg))
+            if sub is None:
+                return None
+            item = sub
+        else:  # one character or position: LITERAL, ANY, IN, AT, CATEGORY...
+            continue
+        terms = _product(terms, item)
+        if max(terms) > 6 or sum(terms.values()) > MAX_MATCHING_COST:
+            return None
+    return terms
+
+
+def _product(a: _Terms, b: _Terms) -> _Terms:
+    out: _Terms = {}
+    for ka, ca in a.items():
+        for kb, cb in b.items():
+            out[ka + kb] = out.get(ka + kb, 0) + ca * cb
+    return out
 
 
 @functools.lru_cache(maxsize=1024)

@@ -205,6 +205,22 @@ async def test_bad_permission_regex_is_a_400(client: Client, tokens: dict[str, s
     assert resp.status == 400
 
 
+async def test_a_permission_that_could_take_too_long_to_match_is_a_400(
+    client: Client, tokens: dict[str, str]
+) -> None:
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    await _grant(client, tokens["admin"], "write", write="orders.*")
+    for pattern in ("(a*)*b", "(a|ab)*c", "(a)\\1", "[a-z]*[a-z]*[a-z]*[a-z]*x"):
+        resp = await client.put(
+            "/v1/users/write/permissions", json={"write": pattern}, headers=admin
+        )
+        assert resp.status == 400, pattern
+        assert (await resp.json())["error"]["code"] == "invalid_request"
+    listed = await client.get("/v1/users", headers=admin)
+    write = next(u for u in (await listed.json())["users"] if u["name"] == "write")
+    assert write["permissions"]["write"] == "orders.*"  # unchanged
+
+
 async def test_a_follower_leaves_leader_bound_requests_to_the_leader(
     client: Client, fake: FakeRaft, tokens: dict[str, str]
 ) -> None:
