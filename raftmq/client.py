@@ -34,6 +34,7 @@ import os
 import random
 import re
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -225,13 +226,41 @@ def _wire_message(
 
 
 def new_message_id() -> str:
-    """A unique id that sorts by creation time: 48-bit ms clock, then 80 random bits (as UUIDv7).
+    """A unique id that sorts by creation time: 48-bit ms clock, a 16-bit counter, 64 random bits.
 
-    Each node indexes publish ids for deduplication; ids that arrive roughly in
-    order land at the end of that B-tree instead of dirtying a random page each,
-    which makes every node's apply of a publish several microseconds cheaper.
+    As UUIDv7 with a counter (RFC 9562, 6.2 method 1): one process's ids sort in
+    the order they were made, not only by millisecond. Each node indexes publish
+    ids for deduplication; ids that arrive in order are appended at the end of
+    that B-tree (filling its pages, see storage.mutation) instead of dirtying a
+    random page each, which makes every node's apply of a publish cheaper.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+    return _ID_CLOCK.next_id()
+
+
+class _IdClock:
+    """The (millisecond, counter) of the last id made: the next is always larger."""
+
+    __slots__ = ("_counter", "_lock", "_ms")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ms = 0
+        self._counter = 0
+
+    def next_id(self) -> str:
+        with self._lock:
+            now_ms = time.time_ns() // 1_000_000
+            if now_ms > self._ms:
+                self._ms, self._counter = now_ms, 0
+            elif self._counter < 0xFFFF:
+                self._counter += 1  # the same millisecond, or the clock stepped back
+            else:
+                self._ms, self._counter = self._ms + 1, 0  # borrow the next millisecond
+            ms, counter = self._ms, self._counter
+        return f"{ms:012x}{counter:04x}{os.urandom(8).hex()}"
+
+
+_ID_CLOCK = _IdClock()
 
 
 def _as_float(value: Any) -> float:

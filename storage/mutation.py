@@ -280,13 +280,15 @@ class Mutation:
         if ttl is not None:
             message["expires_at"] = self.now + ttl
         delay = q.config["delivery_delay_ms"] if delay_ms is None else delay_ms
+        key = keys.message_key(q.qkey, seq)
         if delay > 0:
             message["state"] = DELAYED
             message["due"] = self.now + delay
+            self._index(q, seq, message)
         else:
             message["state"] = READY
-        self._index(q, seq, message)
-        self._put(q, seq, message)
+            self._append(self.dbs.ready, key, b"")
+        self._append(self.dbs.messages, key, keys.encode(message))
         q.add("total", 1)
         q.add(_STATE_COUNTER[message["state"]], 1)
         q.add("published_total", 1)
@@ -389,10 +391,8 @@ class Mutation:
         """Record that the id was published now, replacing an outdated entry."""
         if previous is not None:
             self.txn.delete(keys.dedup_age_key(q.dkey, previous, idk), db=self.dbs.dedup_age)
-        self.txn.put(
-            keys.dedup_key(q.dkey, idk), keys.dedup_value(seq, self.now), db=self.dbs.dedup
-        )
-        self.txn.put(keys.dedup_age_key(q.dkey, self.now, idk), b"", db=self.dbs.dedup_age)
+        self._append(self.dbs.dedup, keys.dedup_key(q.dkey, idk), keys.dedup_value(seq, self.now))
+        self._append(self.dbs.dedup_age, keys.dedup_age_key(q.dkey, self.now, idk), b"")
 
     def expire_dedup(self, q: QueueState, cutoff: int, limit: int) -> None:
         """Forget up to `limit` of the oldest entries published at or before `cutoff`."""
@@ -456,6 +456,18 @@ class Mutation:
             self.dead_letter(q, seq, message, REASON_MAX_LENGTH, forward=forward)
 
     # Indexes
+
+    def _append(self, db: lmdb._Database, key: bytes, value: bytes) -> None:
+        """Put a key that is usually the database's largest, as a new message's are.
+
+        LMDB splits a full page in the middle, so keys added in order leave every
+        page half empty (a 1 KiB message took 4.3 KiB of store, each page holding
+        one); MDB_APPEND fills the last page instead (2.3 KiB) and skips the
+        search. When the key is not the largest (another queue's keys sort
+        after it) LMDB refuses the append and the key is put as usual.
+        """
+        if not self.txn.put(key, value, db=db, append=True):
+            self.txn.put(key, value, db=db)
 
     def _put(self, q: QueueState, seq: int, message: Message) -> None:
         self.txn.put(keys.message_key(q.qkey, seq), keys.encode(message), db=self.dbs.messages)

@@ -178,6 +178,31 @@ def test_fifo_and_receipt_format(broker: Broker) -> None:
     assert broker.receive("q") == []
 
 
+def test_queues_published_in_turn_keep_their_own_order(broker: Broker) -> None:
+    """New keys are appended (MDB_APPEND) when they sort last; "a"'s never do once
+    "b" holds messages, and are put the ordinary way."""
+    broker.declare("a")
+    broker.declare("b")
+    for i in range(50):
+        broker.publish("b", f"b{i}")
+        broker.publish("a", f"a{i}")
+    assert ids(broker.receive("a", max_count=100)) == [f"a{i}" for i in range(50)]
+    assert ids(broker.receive("b", max_count=100)) == [f"b{i}" for i in range(50)]
+
+
+def test_a_queue_filled_in_order_fills_its_pages(broker: Broker) -> None:
+    """LMDB splits a full page in the middle: keys added in order left each page half
+    empty, one 1 KiB message (base64: 1,368 chars) a 4 KiB page. Appended, two share
+    a page."""
+    broker.declare("q")
+    body = "x" * 1368
+    messages = [{"id": f"m{i:05}", "body": body, "headers": {}} for i in range(1000)]
+    before = broker.store.live_bytes()
+    for start in range(0, 1000, 100):
+        assert broker.publish("q", *messages[start : start + 100])["status"] == "ok"
+    assert (broker.store.live_bytes() - before) / 1000 < 3 * 1024
+
+
 def test_publish_keeps_headers_and_base64_encoding(broker: Broker) -> None:
     broker.declare("q")
     broker.publish(
