@@ -25,6 +25,10 @@ class Overloaded(ClusterError):
     """Too many proposals are waiting; the caller should back off and retry."""
 
 
+class StorageFull(ClusterError):
+    """This node's store or disk is nearly full: writes that add data are refused."""
+
+
 class MembershipRefused(ClusterError):
     """A membership change that is unsafe now or conflicts with one in progress."""
 

@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 from pysyncobj import FAIL_REASON
 
-from cluster.errors import NoLeader, Overloaded, UnknownOutcome
+from cluster.errors import NoLeader, Overloaded, StorageFull, UnknownOutcome
+from cluster.storage_guard import GROWING_OPS, StorageGuard
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Proposer:
         self._waiting = 0
         self._flush_scheduled = False
         self.companions: Companions | None = None
+        # Refuses growing commands while this node's store or disk is nearly full.
+        self.storage: StorageGuard | None = None
         self.entries_proposed = 0
         self.commands_proposed = 0
         self.companions_proposed = 0
@@ -71,6 +74,10 @@ class Proposer:
         """Commit `command` through Raft and return its result from storage."""
         if self._waiting >= self._max_pending:
             raise Overloaded(f"{self._waiting} commands are waiting for Raft")
+        if self.storage is not None and command.get("op") in GROWING_OPS:
+            full = self.storage.full()
+            if full is not None:
+                raise StorageFull(full)
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending.append((command, future))
         self._waiting += 1
@@ -104,6 +111,8 @@ class Proposer:
             batch = batch + extra
         futures = [future for _, future in batch]
         payload = orjson.dumps([command for command, _ in batch])
+        if self.storage is not None:
+            self.storage.grew(len(payload))
 
         def on_result(result: Any, error: int) -> None:
             self._loop.call_soon_threadsafe(self._resolve, futures, result, error)

@@ -15,6 +15,7 @@ from cluster.proposer import Companions, Proposer
 from cluster.settings import RaftSettings
 from cluster.snapshot import SnapshotJob
 from cluster.state_machine import ReplicatedBroker
+from cluster.storage_guard import StorageGuard
 from cluster.store_holder import StoreFlusher, StoreHolder
 from storage import Store
 
@@ -40,6 +41,12 @@ class RaftNode:
         self._broker = ReplicatedBroker(settings, self.holder, self._applied)
         self._broker.addOnTickCallback(self._run_tick_calls)
         self._flusher = StoreFlusher(self.holder, settings.store_flush_period_s)
+        self.storage = StorageGuard(
+            lambda: self.holder.read(Store.live_bytes),
+            settings.data_dir,
+            capacity_bytes=settings.lmdb_map_size,
+            min_free_disk_bytes=settings.min_free_disk_bytes,
+        )
         self._proposer: Proposer | None = None
         self._companions: Companions | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -56,6 +63,19 @@ class RaftNode:
             max_pending=self.settings.max_pending_commands,
         )
         self._proposer.companions = self._companions
+        self._proposer.storage = self.storage
+        loop.call_later(self.settings.storage_check_period_s, self._check_storage)
+
+    def _check_storage(self) -> None:
+        """Refresh the storage alarm, then again every storage_check_period_s (event loop)."""
+        if self.holder.closed:
+            return
+        try:
+            self.storage.refresh()
+        except Exception:
+            logger.exception("checking the store's and the disk's free space failed")
+        if self._loop is not None:
+            self._loop.call_later(self.settings.storage_check_period_s, self._check_storage)
 
     def set_companions(self, companions: Companions) -> None:
         """Commands to add to each entry as it is proposed (see cluster.proposer)."""
@@ -297,6 +317,10 @@ class RaftNode:
             "entry_size_counts": list(proposer.entry_size_counts) if proposer else [],
             "waiting_proposals": proposer.waiting if proposer else 0,
             "snapshot_put_off": self._broker.snapshot_put_off,
+            "store_live_bytes": self.storage.use.live_bytes,
+            "store_capacity_bytes": self.storage.use.capacity_bytes,
+            "disk_free_bytes": self.storage.use.disk_free_bytes,
+            "storage_full": self.storage.full() is not None,
         }
 
     def write_backup(self, path: str) -> "concurrent.futures.Future[int]":

@@ -54,7 +54,11 @@ class RaftSettings:
     # At most this many commands per Raft entry (group commit), and this many waiting.
     max_commands_per_entry: int = 2000
     max_pending_commands: int = 50000
+    # The store's capacity (LMDB map size), and the free disk kept besides room
+    # for a snapshot; near either, publishes are refused (cluster.storage_guard).
     lmdb_map_size: int = 16 << 30
+    min_free_disk_bytes: int = 512 << 20
+    storage_check_period_s: float = 1.0
     # The store's write-back is started this often (cluster.store_holder.StoreFlusher).
     store_flush_period_s: float = 0.2
     # A snapshot copy is synced to disk every this many bytes, and paced to at most

@@ -40,6 +40,10 @@ class StoreHolder:
     def path(self) -> str:
         return self._path
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def read(self, fn: Callable[[Store], T]) -> T:
         with self.lock:
             return fn(self.store)

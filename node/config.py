@@ -139,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--store-max-bytes",
+        type=int,
+        default=RaftSettings.lmdb_map_size,
+        metavar="N",
+        help="the store's capacity (LMDB map size; may grow between restarts, not shrink "
+        "below the data); publishes and appends answer 507 storage_full once its live data "
+        "is over 90%% of it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-free-disk-bytes",
+        type=int,
+        default=RaftSettings.min_free_disk_bytes,
+        metavar="N",
+        help="publishes and appends answer 507 storage_full while the data directory's disk "
+        "has less free than this plus the store's live size (room for a snapshot) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--proposal-timeout",
         type=float,
         default=RaftSettings.proposal_timeout_s,
@@ -214,6 +232,10 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         _host_port(peer)
     if args.snapshot_log_ratio < 0:
         parser.error("--snapshot-log-ratio must be 0 or more")
+    if args.store_max_bytes < 1 << 20:
+        parser.error("--store-max-bytes must be at least 1 MiB")
+    if args.min_free_disk_bytes < 0:
+        parser.error("--min-free-disk-bytes must be 0 or more")
     raft = RaftSettings(
         raft_address=args.raft,
         peers=peers,
@@ -224,6 +246,8 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
         snapshot_log_ratio=args.snapshot_log_ratio,
         proposal_timeout_s=args.proposal_timeout,
         max_pending_commands=args.max_pending_commands,
+        lmdb_map_size=args.store_max_bytes,
+        min_free_disk_bytes=args.min_free_disk_bytes,
         election_timeout_min_s=args.election_timeout[0],
         election_timeout_max_s=args.election_timeout[1],
     )

@@ -2,7 +2,14 @@
 
 from typing import Any
 
-from cluster.errors import ClusterError, MembershipRefused, NoLeader, Overloaded, UnknownOutcome
+from cluster.errors import (
+    ClusterError,
+    MembershipRefused,
+    NoLeader,
+    Overloaded,
+    StorageFull,
+    UnknownOutcome,
+)
 
 
 class ApiError(Exception):
@@ -33,6 +40,8 @@ _CLUSTER_ERRORS: dict[type[ClusterError], tuple[int, str, str]] = {
     NoLeader: (503, "no_leader", "0"),
     UnknownOutcome: (503, "unknown_outcome", "1"),
     Overloaded: (503, "overloaded", "1"),
+    # Lasts until consumers or the operator make room: the client does not retry it.
+    StorageFull: (507, "storage_full", "5"),
 }
 
 # Results of storage commands that are not a success.

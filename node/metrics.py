@@ -159,6 +159,33 @@ class BrokerCollector(Collector):
         )
         put_off.add_metric([], int(counters["snapshot_put_off"]))
         yield put_off
+        for name, help_text, value in (
+            (
+                "raftmq_storage_full",
+                "1 while this node refuses publishes and appends (507 storage_full): its "
+                "store is over 90% of --store-max-bytes, or its disk is short of "
+                "--min-free-disk-bytes plus the store's live size.",
+                int(counters["storage_full"]),
+            ),
+            (
+                "raftmq_store_live_bytes",
+                "Bytes of the store's pages that hold data (free pages not counted).",
+                counters["store_live_bytes"],
+            ),
+            (
+                "raftmq_store_capacity_bytes",
+                "The store's capacity (--store-max-bytes, the LMDB map size).",
+                counters["store_capacity_bytes"],
+            ),
+            (
+                "raftmq_disk_free_bytes",
+                "Free bytes of the data directory's filesystem.",
+                counters["disk_free_bytes"],
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, help_text)
+            gauge.add_metric([], value)
+            yield gauge
         waiting = GaugeMetricFamily(
             "raftmq_proposals_waiting", "Commands proposed and not answered yet."
         )

@@ -103,6 +103,8 @@ def _query_param(name: str, description: str, schema: Schema) -> Schema:
 _COMMON_ERRORS: Final = {"500": _error_ref("Internal")}
 # A write (or a leader-only read) on a follower, or with no leader.
 _LEADER_ERRORS: Final = {"307": _error_ref("Redirect"), "503": _error_ref("Unavailable")}
+# Writes that add data: refused while the leader's store or disk is nearly full.
+_GROWING_ERRORS: Final = {"507": _error_ref("StorageFull")}
 
 
 def _operation(
@@ -549,6 +551,12 @@ def _error_responses() -> dict[str, Schema]:
             "received), `too_many_waiters` or `not_ready`.",
             retry_after,
         ),
+        "StorageFull": response(
+            "`storage_full`: the leader's store is over 90% of `--store-max-bytes`, or its "
+            "disk has less free than `--min-free-disk-bytes` plus the store's live size. "
+            "Receives, acks, purges and deletes are still served and make room.",
+            retry_after,
+        ),
         "Internal": response("`internal`: the message names a request id found in the node log."),
         "Unauthorized": response(
             "`unauthorized`: no or an unknown bearer token (users exist).",
@@ -644,6 +652,7 @@ def _queue_paths(limits: Limits) -> dict[str, Schema]:
                     ),
                     **not_found,
                     "409": _error_ref("Conflict"),
+                    **_GROWING_ERRORS,
                 },
                 leader=True,
                 parameters=queue,
@@ -666,6 +675,7 @@ def _queue_paths(limits: Limits) -> dict[str, Schema]:
                         ),
                     ),
                     "403": _error_ref("Forbidden"),
+                    **_GROWING_ERRORS,
                 },
                 leader=True,
                 body=_json_body(_ref("PublishManyIn")),
@@ -1002,6 +1012,7 @@ def _exchange_paths() -> dict[str, Schema]:
                     "200": _json_response("Routed.", _ref("ExchangePublished")),
                     **not_found,
                     "409": _error_ref("Conflict"),
+                    **_GROWING_ERRORS,
                 },
                 leader=True,
                 parameters=exchange,
@@ -1076,6 +1087,7 @@ def _stream_paths(limits: Limits) -> dict[str, Schema]:
                         ),
                     ),
                     **not_found,
+                    **_GROWING_ERRORS,
                 },
                 leader=True,
                 parameters=stream,

@@ -13,6 +13,7 @@ from raftmq.errors import (
     NotFound,
     QueueNotFound,
     RaftMQError,
+    StorageFull,
     StreamNotFound,
     Unavailable,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "RaftMQError",
     "ReceivedMessage",
     "Routed",
+    "StorageFull",
     "StreamBatch",
     "StreamNotFound",
     "StreamRecord",

@@ -56,6 +56,7 @@ from raftmq.errors import (
     NotFound,
     QueueNotFound,
     RaftMQError,
+    StorageFull,
     StreamNotFound,
     Unauthorized,
     Unavailable,
@@ -633,6 +634,8 @@ def _error_from(resp: _Response) -> RaftMQError:
         return Forbidden(message, status=status, code=code or "forbidden")
     if 400 <= status < 500:
         return BadRequest(message, status=status, code=code or "bad_request")
+    if status == 507:
+        return StorageFull(message, status=status, code=code or "storage_full")
     return RaftMQError(message, status=status, code=code or f"http_{status}")
 
 

@@ -74,6 +74,14 @@ class Forbidden(RaftMQError):
     """403: the token's user lacks the permission for this call."""
 
 
+class StorageFull(RaftMQError):
+    """507: the leader's store or disk is nearly full; publishes and appends are refused.
+
+    Not retried by the client: it lasts until consumers, purges or deletes (which
+    are still served) or the operator make room. ``raftmq_storage_full`` says when.
+    """
+
+
 class Unavailable(RaftMQError):
     """The retry deadline passed without a usable answer; ``last_error`` says why."""
 

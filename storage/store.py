@@ -156,6 +156,18 @@ class Store:
         """Bytes of the data file up to its last used page: what a snapshot copies."""
         return (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
 
+    def live_bytes(self) -> int:
+        """Bytes of the pages that hold data now, free pages not counted.
+
+        The data file never shrinks: pages freed by acks and deletes are reused
+        by later writes, so this, not `used_bytes`, is what a full map is near.
+        """
+        main = self._env.stat()  # the main database: it names the others
+        with self._env.begin() as txn:
+            stats = [main, *(txn.stat(db) for db in self._dbs)]
+        pages = 2 + sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+        return int(pages * main["psize"])
+
     def copy_to(self, path: str) -> None:
         """Write a compacted, consistent copy of the environment into directory `path`."""
         os.makedirs(path, exist_ok=True)

@@ -98,6 +98,10 @@ class FakeRaft:
             "entry_size_counts": [],
             "waiting_proposals": 0,
             "snapshot_put_off": False,
+            "store_live_bytes": 1 << 20,
+            "store_capacity_bytes": 1 << 30,
+            "disk_free_bytes": 10 << 30,
+            "storage_full": False,
         }
 
     def members(self) -> list[str]:

@@ -1,0 +1,130 @@
+"""The storage alarm: when a node refuses writes that add data, and that the others pass."""
+
+import asyncio
+import base64
+import logging
+from pathlib import Path
+
+import pytest
+from pysyncobj import FAIL_REASON
+
+from cluster.errors import StorageFull
+from cluster.storage_guard import STORE_FULL_RATIO, StorageGuard, assess
+from storage import Store, default_queue_config
+from tests.unit.test_proposer import FakeRaft, make
+
+MIB = 1 << 20
+PLENTY = 1 << 50  # free disk bytes that no rule notices
+
+
+def test_room_in_the_store_and_on_the_disk_is_no_alarm() -> None:
+    assert assess(10 * MIB, 100 * MIB, PLENTY, 512 * MIB).full is None
+
+
+def test_a_store_over_its_ratio_of_the_map_is_full() -> None:
+    live = int(STORE_FULL_RATIO * 100 * MIB) + 1
+    full = assess(live, 100 * MIB, PLENTY, 512 * MIB).full
+    assert full is not None and "--store-max-bytes" in full
+
+
+def test_a_disk_without_room_for_a_snapshot_is_full() -> None:
+    # 600 MiB free: more than --min-free-disk, less than that plus the 100 MiB store.
+    full = assess(100 * MIB, 1 << 40, 600 * MIB, 512 * MIB).full
+    assert full is not None and "--min-free-disk" in full
+    assert assess(100 * MIB, 1 << 40, 700 * MIB, 512 * MIB).full is None
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.live = 0
+
+    def live_bytes(self) -> int:
+        return self.live
+
+
+def test_proposed_bytes_count_until_the_next_look(tmp_path: Path) -> None:
+    store = FakeStore()
+    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    assert guard.full() is None
+    guard.grew(50 * MIB)  # projected: 3 store bytes a proposed byte, over 90 MiB
+    assert guard.full() is not None
+    store.live = 10 * MIB  # what the store really holds at the next look
+    guard.refresh()
+    assert guard.full() is None
+
+
+def test_a_full_store_stays_full_until_it_is_under_the_lower_ratio(tmp_path: Path) -> None:
+    store = FakeStore()
+    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    store.live = 91 * MIB
+    guard.refresh()
+    store.live = 88 * MIB  # under the ratio that starts the alarm, over the one that ends it
+    guard.refresh()
+    assert guard.full() is not None
+    store.live = 84 * MIB
+    guard.refresh()
+    assert guard.full() is None
+    store.live = 88 * MIB  # not full again before the upper ratio
+    guard.refresh()
+    assert guard.full() is None
+
+
+def test_the_alarm_is_logged_when_it_starts_and_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FakeStore()
+    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    with caplog.at_level(logging.WARNING, logger="cluster.storage_guard"):
+        store.live = 95 * MIB
+        guard.refresh()
+        guard.refresh()
+        store.live = 5 * MIB
+        guard.refresh()
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "refused" in messages[0] and "cleared" in messages[1]
+
+
+async def test_the_proposer_refuses_growing_commands_and_passes_the_others(
+    tmp_path: Path,
+) -> None:
+    store = FakeStore()
+    store.live = 95 * MIB
+    raft = FakeRaft()
+    proposer = make(raft)
+    proposer.storage = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    for op in ("publish", "publish_exchange", "append_records"):
+        with pytest.raises(StorageFull):
+            await proposer.propose({"op": op})
+    ack = asyncio.create_task(proposer.propose({"op": "ack"}))
+    while not raft.entries:
+        await asyncio.sleep(0)
+    commands, callback = raft.entries[0]
+    assert [c["op"] for c in commands] == ["ack"]  # nothing refused was proposed
+    callback([{"status": "ok"}], FAIL_REASON.SUCCESS)
+    assert await ack == {"status": "ok"}
+
+
+def test_live_bytes_fall_when_messages_go_and_the_file_does_not(tmp_path: Path) -> None:
+    store = Store(str(tmp_path / "s"), map_size=64 * MIB)
+    config = default_queue_config()
+    declared = store.apply(
+        1, [{"op": "declare_queue", "queue": "q", "config": config, "now_ms": 1}]
+    )
+    assert declared is not None and declared[0]["status"] == "created"
+    body = base64.b64encode(bytes(1024)).decode()
+    messages = [{"id": f"m{i}", "body": body, "encoding": "base64"} for i in range(2000)]
+    published = store.apply(2, [{"op": "publish", "queue": "q", "now_ms": 1, "messages": messages}])
+    assert published is not None and published[0]["status"] == "ok"
+    full_live, full_file = store.live_bytes(), store.used_bytes()
+    assert full_live > 2 * MIB
+    store.apply(3, [{"op": "purge_queue", "queue": "q", "now_ms": 2}])
+    index = 4
+    while True:
+        reaped = store.apply(index, [{"op": "reap", "max_keys": 10_000, "now_ms": 3}])
+        assert reaped is not None and reaped[0]["status"] == "ok"
+        if not reaped[0]["more"]:
+            break
+        index += 1
+    assert store.live_bytes() < full_live / 10
+    assert store.used_bytes() >= full_file  # the data file never shrinks
