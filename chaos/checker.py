@@ -1,4 +1,4 @@
-"""Judges a chaos history against total-queue semantics.
+"""Judges a chaos history against the queue, fan-out and stream promises.
 
 Pure: ``check(records)`` looks only at the records it is given (``check_file``
 reads them first) and returns a :class:`CheckResult`. Nothing here talks to a
@@ -32,9 +32,18 @@ The rules (also in ``chaos/DESIGN.md``):
   concurrent consumers.
 * **unknown publishes** (``info``) may be present or absent; both are counted.
 
+Fan-out: every queue bound to the exchange is judged by the same rules, with
+the exchange publishes (``xpublish``) as its publishes (one Raft entry puts a
+message in every bound queue, so each must get every acknowledged message
+once, FIFO per publisher for first deliveries); the classes are prefixed
+``fanout_`` and their entries name the queue. **fanout_misrouted**: an ``ok``
+exchange publish whose answer did not route every message to every bound
+queue. Streams: ``chaos.stream_checker``.
+
 Availability is measured on successful operations of the workload phase: the
-longest stretch without one (overall, for publishes alone, and the longest
-stretch that overlaps each fault window) plus throughput per second.
+longest stretch without one (overall, for writes alone: publishes, exchange
+publishes and appends, and the longest stretch that overlaps each fault
+window) plus throughput per second.
 """
 
 from __future__ import annotations
@@ -47,16 +56,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chaos.history import COMPLETIONS, read_history
+from chaos.history import read_history
+from chaos.ops import Op, id_key, operations, outcome_by_id
+from chaos.stream_checker import StreamVerdict, judge_stream
 
 __all__ = [
     "Availability",
     "CheckResult",
     "Delivery",
     "Op",
+    "QueueVerdict",
     "Window",
     "check",
     "check_file",
+    "judge_queue",
     "operations",
 ]
 
@@ -65,20 +78,8 @@ __all__ = [
 CLOCK_TOLERANCE_S = 0.25
 EXAMPLES = 10
 DRAIN_PREFIX = "drain"
-
-
-@dataclass(frozen=True)
-class Op:
-    """One client operation: its invocation and (if it was written) its completion."""
-
-    op_id: int
-    process: str
-    op: str
-    invoke_t: float
-    complete_t: float
-    outcome: str  # ok | fail | info ("info" too when the completion is missing)
-    invoke: dict[str, Any]
-    completion: dict[str, Any]
+# Operations that add messages or records: "without an ok publish" means none of them.
+WRITE_OPS = frozenset({"publish", "xpublish", "append"})
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,52 @@ class Availability:
 
 
 @dataclass
+class QueueVerdict:
+    """The queue rules applied to one queue and the publishes that feed it."""
+
+    queue: str = ""
+    lost: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    failed_publish_delivered: list[str] = field(default_factory=list)
+    duplicates: list[dict[str, Any]] = field(default_factory=list)
+    duplicate_violations: list[dict[str, Any]] = field(default_factory=list)
+    fifo_violations: list[dict[str, Any]] = field(default_factory=list)
+    unknown_present: list[str] = field(default_factory=list)
+    unknown_absent: list[str] = field(default_factory=list)
+    messages: dict[str, int] = field(default_factory=dict)
+
+
+# Fan-out classes (summed over the bound queues) and where each comes from.
+FANOUT_CLASSES = (
+    ("fanout_lost", "lost"),
+    ("fanout_unexpected", "unexpected"),
+    ("fanout_failed_publish_delivered", "failed_publish_delivered"),
+    ("fanout_duplicates", "duplicates"),
+    ("fanout_duplicate_violations", "duplicate_violations"),
+    ("fanout_fifo_violations", "fifo_violations"),
+    ("fanout_unknown_publishes_present", "unknown_present"),
+    ("fanout_unknown_publishes_absent", "unknown_absent"),
+)
+FANOUT_VIOLATIONS = frozenset(
+    {
+        "fanout_lost",
+        "fanout_unexpected",
+        "fanout_failed_publish_delivered",
+        "fanout_duplicate_violations",
+        "fanout_fifo_violations",
+        "fanout_misrouted",
+    }
+)
+
+
+@dataclass
 class CheckResult:
-    """What the checker found; ``valid`` is False when any violation class is non-empty."""
+    """What the checker found; ``valid`` is False when any violation class is non-empty.
+
+    The top-level queue fields are the point-to-point queue's; ``fanout`` has
+    the same verdict per queue bound to the fan-out exchange, ``stream`` the
+    stream rules' (``chaos.stream_checker``).
+    """
 
     lost: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
@@ -150,6 +195,9 @@ class CheckResult:
     unknown_present: list[str] = field(default_factory=list)
     unknown_absent: list[str] = field(default_factory=list)
     node_exits: list[dict[str, Any]] = field(default_factory=list)
+    fanout: dict[str, QueueVerdict] = field(default_factory=dict)
+    fanout_misrouted: list[dict[str, Any]] = field(default_factory=list)
+    stream: StreamVerdict = field(default_factory=StreamVerdict)
     operations: dict[str, dict[str, int]] = field(default_factory=dict)
     messages: dict[str, int] = field(default_factory=dict)
     final: dict[str, Any] | None = None
@@ -161,62 +209,57 @@ class CheckResult:
     def valid(self) -> bool:
         return not self.problems
 
-    def counts(self) -> dict[str, int]:
-        return {
-            "lost": len(self.lost),
-            "unexpected": len(self.unexpected),
-            "failed_publish_delivered": len(self.failed_publish_delivered),
-            "duplicates": len(self.duplicates),
-            "duplicate_violations": len(self.duplicate_violations),
-            "fifo_violations": len(self.fifo_violations),
-            "unknown_publishes_present": len(self.unknown_present),
-            "unknown_publishes_absent": len(self.unknown_absent),
-            "node_exits": len(self.node_exits),
+    def _classes(self) -> dict[str, list[Any]]:
+        classes: dict[str, list[Any]] = {
+            "lost": self.lost,
+            "unexpected": self.unexpected,
+            "failed_publish_delivered": self.failed_publish_delivered,
+            "duplicates": self.duplicates,
+            "duplicate_violations": self.duplicate_violations,
+            "fifo_violations": self.fifo_violations,
+            "unknown_publishes_present": self.unknown_present,
+            "unknown_publishes_absent": self.unknown_absent,
+            "node_exits": self.node_exits,
         }
+        for name, attr in FANOUT_CLASSES:
+            classes[name] = [
+                _tagged(queue, item)
+                for queue, verdict in sorted(self.fanout.items())
+                for item in getattr(verdict, attr)
+            ]
+        classes["fanout_misrouted"] = self.fanout_misrouted
+        classes.update(self.stream.violations())
+        classes.update(self.stream.allowed())
+        return classes
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(items) for name, items in self._classes().items()}
 
     def examples(self, limit: int = EXAMPLES) -> dict[str, list[Any]]:
-        return {
-            "lost": self.lost[:limit],
-            "unexpected": self.unexpected[:limit],
-            "failed_publish_delivered": self.failed_publish_delivered[:limit],
-            "duplicates": self.duplicates[:limit],
-            "duplicate_violations": self.duplicate_violations[:limit],
-            "fifo_violations": self.fifo_violations[:limit],
-            "unknown_publishes_present": self.unknown_present[:limit],
-            "unknown_publishes_absent": self.unknown_absent[:limit],
-            "node_exits": self.node_exits[:limit],
-        }
+        return {name: items[:limit] for name, items in self._classes().items()}
+
+    def violation_classes(self) -> dict[str, int]:
+        """The violation classes (not the allowed ones) with their counts."""
+        names = [
+            "lost",
+            "unexpected",
+            "failed_publish_delivered",
+            "duplicate_violations",
+            "fifo_violations",
+            "node_exits",
+            *sorted(FANOUT_VIOLATIONS),
+            *self.stream.violations(),
+        ]
+        counts = self.counts()
+        return {name: counts[name] for name in names}
+
+
+def _tagged(queue: str, item: Any) -> Any:
+    """A fan-out finding named with its queue: ``queue:id`` or the dict with ``queue``."""
+    return {"queue": queue, **item} if isinstance(item, dict) else f"{queue}:{item}"
 
 
 # ------------------------------------------------------------------- parsing
-
-
-def operations(records: Sequence[dict[str, Any]], end_t: float) -> list[Op]:
-    """Pairs invocations with completions; an unfinished op counts as ``info``."""
-    invokes: dict[int, dict[str, Any]] = {}
-    completions: dict[int, dict[str, Any]] = {}
-    for record in records:
-        kind = record.get("type")
-        if kind == "invoke":
-            invokes[int(record["op_id"])] = record
-        elif kind in COMPLETIONS:
-            completions[int(record["op_id"])] = record
-    ops = []
-    for op_id, inv in sorted(invokes.items()):
-        comp = completions.get(op_id)
-        ops.append(
-            Op(
-                op_id=op_id,
-                process=str(inv["process"]),
-                op=str(inv["op"]),
-                invoke_t=float(inv["t"]),
-                complete_t=float(comp["t"]) if comp is not None else max(end_t, float(inv["t"])),
-                outcome=str(comp["type"]) if comp is not None else "info",
-                invoke=inv,
-                completion=comp or {},
-            )
-        )
-    return ops
 
 
 def _windows(records: Sequence[dict[str, Any]], end_t: float) -> list[Window]:
@@ -247,6 +290,11 @@ def _pairs(value: Any) -> list[tuple[str, int]]:
     return [(str(item[0]), int(item[1])) for item in value or []]
 
 
+def _queue_of(o: Op, main: str) -> str:
+    """The queue a publish, receive or ack went to (histories before fan-out name none)."""
+    return str(o.invoke.get("queue") or main)
+
+
 # ------------------------------------------------------------------- checking
 
 
@@ -260,6 +308,7 @@ def check(records: Sequence[dict[str, Any]]) -> CheckResult:
     end_t = max((float(r.get("t", 0.0)) for r in records), default=0.0)
     meta = next((r for r in records if r.get("type") == "meta"), {})
     default_vt = float(meta.get("visibility_timeout", 30.0))
+    main = str(meta.get("queue") or "chaos")
     ops = operations(records, end_t)
     result = CheckResult()
     result.windows = _windows(records, end_t)
@@ -269,27 +318,55 @@ def check(records: Sequence[dict[str, Any]]) -> CheckResult:
     ]
     result.operations = _operation_counts(ops)
 
-    publishes = [o for o in ops if o.op == "publish"]
-    deliveries = _deliveries(ops)
+    publishes = [o for o in ops if o.op == "publish" and _queue_of(o, main) == main]
+    queue = judge_queue(main, publishes, ops, default_vt, main)
+    result.lost, result.unexpected = queue.lost, queue.unexpected
+    result.failed_publish_delivered = queue.failed_publish_delivered
+    result.duplicates, result.duplicate_violations = queue.duplicates, queue.duplicate_violations
+    result.fifo_violations = queue.fifo_violations
+    result.unknown_present, result.unknown_absent = queue.unknown_present, queue.unknown_absent
+    result.messages = queue.messages
+
+    xpublishes = [o for o in ops if o.op == "xpublish"]
+    bound = list(meta.get("fanout_queues") or [])
+    for o in xpublishes:
+        bound += [str(q) for q in o.invoke.get("queues") or [] if q not in bound]
+    for q in bound:
+        feeding = [o for o in xpublishes if q in (o.invoke.get("queues") or [])]
+        result.fanout[q] = judge_queue(q, feeding, ops, default_vt, main)
+    result.fanout_misrouted = _check_routing(xpublishes)
+    result.stream = judge_stream(ops, records)
+    result.availability = _availability(records, ops, result.windows, end_t)
+    result.problems = _problems(result, records)
+    return result
+
+
+def judge_queue(
+    queue: str, publishes: Sequence[Op], ops: Sequence[Op], default_vt: float, main: str
+) -> QueueVerdict:
+    """The queue rules for ``queue``: ``publishes`` put ids in it, receives and acks name it."""
+    verdict = QueueVerdict(queue=queue)
+    mine = [o for o in ops if o.op in ("receive", "ack") and _queue_of(o, main) == queue]
+    deliveries = _deliveries(mine)
     by_id: dict[str, list[Delivery]] = defaultdict(list)
     for d in deliveries:
         by_id[d.id].append(d)
 
-    status = _publish_status(publishes)
-    for msg_id, st in sorted(status.items(), key=lambda kv: _id_key(kv[0])):
+    status = outcome_by_id(publishes)
+    for msg_id, st in sorted(status.items(), key=lambda kv: id_key(kv[0])):
         seen = msg_id in by_id
         if st == "ok" and not seen:
-            result.lost.append(msg_id)
+            verdict.lost.append(msg_id)
         elif st == "info":
-            (result.unknown_present if seen else result.unknown_absent).append(msg_id)
+            (verdict.unknown_present if seen else verdict.unknown_absent).append(msg_id)
         elif st == "fail" and seen:
-            result.failed_publish_delivered.append(msg_id)
-    result.unexpected = sorted((i for i in by_id if i not in status), key=_id_key)
+            verdict.failed_publish_delivered.append(msg_id)
+    verdict.unexpected = sorted((i for i in by_id if i not in status), key=id_key)
 
-    acks = _ack_status(ops)
-    _check_duplicates(by_id, acks, default_vt, result)
-    _check_fifo(publishes, deliveries, result)
-    result.messages = {
+    acks = _ack_status(mine)
+    _check_duplicates(by_id, acks, default_vt, verdict)
+    _check_fifo(publishes, deliveries, verdict)
+    verdict.messages = {
         "published_ids": len(status),
         "published_ok": sum(1 for s in status.values() if s == "ok"),
         "published_unknown": sum(1 for s in status.values() if s == "info"),
@@ -298,17 +375,31 @@ def check(records: Sequence[dict[str, Any]]) -> CheckResult:
         "distinct_delivered": len(by_id),
         "redeliveries_observed": sum(1 for d in deliveries if d.deliveries > 1),
     }
-    result.availability = _availability(records, ops, result.windows, end_t)
-    result.problems = _problems(result, records)
-    return result
+    return verdict
 
 
-def _id_key(msg_id: str) -> tuple[str, int, str]:
-    """Sorts ``p3-10`` after ``p3-9``."""
-    head, sep, tail = msg_id.rpartition("-")
-    if sep and tail.isdigit():
-        return (head, int(tail), "")
-    return (msg_id, -1, msg_id)
+def _check_routing(xpublishes: Iterable[Op]) -> list[dict[str, Any]]:
+    """An ``ok`` fan-out publish must have routed every message to every bound queue."""
+    out = []
+    for o in xpublishes:
+        if o.outcome != "ok":
+            continue
+        want = len(o.invoke.get("ids") or [])
+        routed = {str(k): int(v) for k, v in (o.completion.get("routed") or {}).items()}
+        short = {q: routed.get(q, 0) for q in o.invoke.get("queues") or [] if routed.get(q) != want}
+        unroutable = int(o.completion.get("unroutable") or 0)
+        if short or unroutable:
+            out.append(
+                {
+                    "ids": list(o.invoke.get("ids") or []),
+                    "process": o.process,
+                    "routed": routed,
+                    "expected_per_queue": want,
+                    "unroutable": unroutable,
+                    "at": round(o.complete_t, 3),
+                }
+            )
+    return out
 
 
 def _operation_counts(ops: Iterable[Op]) -> dict[str, dict[str, int]]:
@@ -327,18 +418,6 @@ def _deliveries(ops: Iterable[Op]) -> list[Delivery]:
         for position, (msg_id, count) in enumerate(_pairs(o.completion.get("messages"))):
             out.append(Delivery(msg_id, count, o, position))
     return out
-
-
-def _publish_status(publishes: Iterable[Op]) -> dict[str, str]:
-    """Per id: ``ok`` if any publish of it succeeded, else ``info`` if any is unknown, else fail."""
-    rank = {"fail": 0, "info": 1, "ok": 2}
-    status: dict[str, str] = {}
-    for o in publishes:
-        for msg_id in o.invoke.get("ids") or []:
-            key = str(msg_id)
-            if rank[o.outcome] >= rank.get(status.get(key, "fail"), 0):
-                status[key] = o.outcome
-    return status
 
 
 def _ack_status(ops: Iterable[Op]) -> dict[tuple[str, int], str]:
@@ -363,9 +442,9 @@ def _check_duplicates(
     by_id: dict[str, list[Delivery]],
     acks: dict[tuple[str, int], str],
     default_vt: float,
-    result: CheckResult,
+    result: QueueVerdict,
 ) -> None:
-    for msg_id in sorted(by_id, key=_id_key):
+    for msg_id in sorted(by_id, key=id_key):
         seen = sorted(by_id[msg_id], key=lambda d: (d.deliveries, d.op.invoke_t))
         if len(seen) < 2:
             continue
@@ -422,7 +501,7 @@ class _Seen:
 
 
 def _check_fifo(
-    publishes: Sequence[Op], deliveries: Sequence[Delivery], result: CheckResult
+    publishes: Sequence[Op], deliveries: Sequence[Delivery], result: QueueVerdict
 ) -> None:
     first: dict[str, _Seen] = {}
     for d in deliveries:
@@ -479,7 +558,7 @@ def _check_fifo(
 def _check_fifo_within_receive(
     first: dict[str, _Seen],
     order: dict[str, tuple[str, int, int, bool]],
-    result: CheckResult,
+    result: QueueVerdict,
 ) -> None:
     by_receive: dict[int, list[_Seen]] = defaultdict(list)
     for seen in first.values():
@@ -542,7 +621,7 @@ def _availability(
     if end is None:
         end = max((o.complete_t for o in workload), default=end_t)
     ok = [o.complete_t for o in workload if o.outcome == "ok" and start <= o.complete_t <= end]
-    ok_pub = [o.complete_t for o in workload if o.outcome == "ok" and o.op == "publish"]
+    ok_pub = [o.complete_t for o in workload if o.outcome == "ok" and o.op in WRITE_OPS]
     span = max(end - start, 1e-9)
     avail = Availability(start=start, end=end)
     avail.ok_ops = len(ok)
@@ -577,17 +656,7 @@ def _availability(
 
 
 def _problems(result: CheckResult, records: Sequence[dict[str, Any]]) -> list[str]:
-    problems = []
-    for name, items in (
-        ("lost", result.lost),
-        ("unexpected", result.unexpected),
-        ("failed_publish_delivered", result.failed_publish_delivered),
-        ("duplicate_violations", result.duplicate_violations),
-        ("fifo_violations", result.fifo_violations),
-        ("node_exits", result.node_exits),
-    ):
-        if items:
-            problems.append(f"{name}: {len(items)}")
+    problems = [f"{name}: {n}" for name, n in result.violation_classes().items() if n]
     errors = [r for r in records if r.get("type") == "nemesis" and r.get("phase") == "error"]
     if errors:
         problems.append(f"nemesis errors: {len(errors)} (a planned fault could not be applied)")
@@ -597,6 +666,11 @@ def _problems(result: CheckResult, records: Sequence[dict[str, Any]]) -> list[st
     else:
         if not final.get("drained"):
             problems.append("the queue was not drained (lost counts are not final)")
+        stream = result.stream
+        if stream.exercised and not stream.final_complete:
+            problems.append(
+                "the stream's final read did not complete (stream lost counts are not final)"
+            )
         if not final.get("converged"):
             problems.append("the replicas did not converge to one applied index and digest")
     return problems

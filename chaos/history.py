@@ -10,15 +10,21 @@ reorder them; ``meta`` carries the wall-clock start for matching node logs.
 
 Record types:
 
-* ``meta``: first line; seed, node count, nemeses, queue, visibility timeout.
+* ``meta``: first line; seed, node count, nemeses, queue, visibility timeout,
+  workloads, stream, groups, stream dedup window, exchange, fan-out queues.
 * ``invoke`` / ``ok`` / ``fail`` / ``info``: client operations (``publish``,
-  ``receive``, ``ack``) with ``process``, ``node`` (the URL last reached),
-  ``ids`` (publish), ``messages`` ``[[id, deliveries], ...]`` (receive ok),
-  ``pairs`` ``[[id, deliveries], ...]`` (ack), ``stale`` (ack ok), ``error``.
+  ``receive``, ``ack``, ``xpublish``, ``append``, ``read``, ``commit``,
+  ``group_offset``) with ``process``, ``node`` (the URL last reached),
+  ``queue``, ``ids`` (publish, xpublish, append), ``messages`` ``[[id,
+  deliveries], ...]`` (receive ok), ``pairs`` ``[[id, deliveries], ...]``
+  (ack), ``stale`` (ack ok), ``routed`` (xpublish ok), ``offsets`` (append
+  ok), ``records`` ``[[offset, id, timestamp], ...]`` and ``next_offset``
+  (read ok), ``offset`` (commit, group_offset), ``error``.
 * ``nemesis``: ``phase`` ``start``/``stop`` of fault window ``window``.
 * ``phase``: orchestration milestones (``workload_start``, ``workload_end``,
   ``drain_start``, ``drain_end``).
 * ``node_exit``: a node process ended without the nemesis killing it.
+* ``stream_final``: whether the final full read of the stream completed.
 * ``final``: drain and convergence outcome, written once at the end.
 
 Writers append and flush each line, so a run that dies still leaves a

@@ -1,10 +1,11 @@
 """Writes what a run found: ``results.json`` and ``timeline.png``.
 
 ``results.json`` is for machines and for the person rerunning a seed: the
-counts per class with example ids, availability, convergence, the schedule
-and how to rerun. ``timeline.png`` is for eyes: the latency of every operation
-over time (ok / fail / info in distinct colours) with each fault window shaded
-and labelled by nemesis type, above the successful operations per second, so
+counts per class (queue, fan-out and stream) with example ids, availability,
+convergence, the schedule and how to rerun. ``timeline.png`` is for eyes: the
+latency of every operation over time (ok / fail / info in distinct colours,
+a marker per operation type) with each fault window shaded and labelled by
+nemesis type, above the successful operations per second, so
 an unavailability lines up with the fault that caused it.
 """
 
@@ -30,7 +31,16 @@ FAULT_COLORS = {
     "partition": "#1f77b4",
     "restart-all": "#8c564b",
 }
-OP_MARKERS = {"publish": "o", "receive": "s", "ack": "^"}
+OP_MARKERS = {
+    "publish": "o",
+    "receive": "s",
+    "ack": "^",
+    "xpublish": "*",
+    "append": "D",
+    "read": "v",
+    "commit": "P",
+    "group_offset": "x",
+}
 
 
 def results_document(result: CheckResult, run: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +53,9 @@ def results_document(result: CheckResult, run: dict[str, Any]) -> dict[str, Any]
         "examples": result.examples(),
         "operations": result.operations,
         "messages": result.messages,
+        "violation_classes": result.violation_classes(),
+        "fanout": {q: {"messages": v.messages} for q, v in sorted(result.fanout.items())},
+        "stream": result.stream.stats,
         "availability": result.availability.to_dict(),
         "convergence": {k: v for k, v in (result.final or {}).items() if k not in ("type", "t")},
     }
@@ -80,9 +93,11 @@ def render_timeline(
             ax.scatter([], [], c=color, s=12, label=f"{name}")
             for name, color in OUTCOME_COLORS.items()
         ]
+        present = {o.op for o in ops}
         handles += [
             ax.scatter([], [], c="grey", marker=marker, s=12, label=op)
             for op, marker in OP_MARKERS.items()
+            if op in present or op in ("publish", "receive", "ack")
         ]
         kinds = sorted({w.fault for w in result.windows})
         handles += [

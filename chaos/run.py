@@ -4,11 +4,13 @@ The phases, each with its own deadline so a run always ends by itself:
 
 1. set up the network (namespaces when a partition is requested) and start
    the nodes; wait for an agreed, registered leader;
-2. declare the queue, start producers, consumers and the nemesis;
+2. declare the queue, stream and fan-out exchange of the selected workloads,
+   start their client processes and the nemesis;
 3. after ``--duration`` stop the nemesis (healing its current fault) and the
    workload, then heal everything (every node running, nothing paused, no
    partition) and wait for a leader;
-4. drain: receive and ack until every node reports the queue empty;
+4. drain: receive and ack until every node reports every queue empty, then
+   read the whole stream from offset 0 and every group's committed offset;
 5. wait until every node reports the same applied index and state digest;
 6. tear everything down, check the history, write results.json and
    timeline.png. Exit 0 when the checker finds nothing, 1 when it finds a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import random
 import shutil
@@ -45,8 +48,10 @@ from chaos.cluster import (
 )
 from chaos.history import HistoryWriter, read_history
 from chaos.nemesis import KINDS, MEMBERSHIP_REFUSAL, Nemesis, plan
+from chaos.pubsub_workload import declare, final_stream_read, processes
 from chaos.report import render_timeline, results_document, write_results
-from chaos.workload import Workload, WorkloadConfig, drain
+from chaos.workload import WORKLOADS, Workload, WorkloadConfig, drain
+from node.config import Limits
 from raftmq.client import Client
 from raftmq.errors import RaftMQError
 
@@ -63,7 +68,9 @@ STARTUP_TIMEOUT_S = 60.0
 RECOVERY_TIMEOUT_S = 60.0
 DRAIN_TIMEOUT_S = 120.0
 CONVERGE_TIMEOUT_S = 60.0
+STREAM_READ_TIMEOUT_S = 60.0
 DEFAULT_NEMESES = "kill,pause,partition"
+DEFAULT_WORKLOADS = ",".join(WORKLOADS)
 
 
 def _out(text: str = "") -> None:
@@ -84,6 +91,16 @@ def _nemeses(value: str) -> list[str]:
             f"unknown nemesis {', '.join(unknown)}; choose from {', '.join(KINDS)}"
         )
     return list(dict.fromkeys(items))
+
+
+def _workloads(value: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in items if v not in WORKLOADS]
+    if unknown or not items:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload {', '.join(unknown) or '(none)'}; choose from {', '.join(WORKLOADS)}"
+        )
+    return [w for w in WORKLOADS if w in items]
 
 
 def _positive(value: str) -> float:
@@ -115,12 +132,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LIST",
         help=f"comma-separated, from {','.join(KINDS)} (default {DEFAULT_NEMESES})",
     )
+    run.add_argument(
+        "--workload",
+        type=_workloads,
+        default=_workloads(DEFAULT_WORKLOADS),
+        metavar="LIST",
+        help="comma-separated promises to exercise, from "
+        f"{','.join(WORKLOADS)} (default {DEFAULT_WORKLOADS})",
+    )
     run.add_argument("--seed", type=int, default=None, help="schedule seed (default: random)")
     run.add_argument("--out", type=Path, default=None, help="default chaos-out/<timestamp>-seed<N>")
     run.add_argument("--producers", type=int, default=3)
     run.add_argument("--consumers", type=int, default=3)
     run.add_argument(
         "--rate", type=_positive, default=60.0, help="messages/s published in total (default 60)"
+    )
+    run.add_argument(
+        "--stream-rate",
+        type=_positive,
+        default=20.0,
+        help="stream records/s appended in total (default 20)",
+    )
+    run.add_argument(
+        "--fanout-rate",
+        type=_positive,
+        default=16.0,
+        help="messages/s published to the fan-out exchange in total (default 16)",
     )
     run.add_argument(
         "--visibility-timeout", type=_positive, default=10.0, metavar="S", help="default 10"
@@ -151,11 +188,15 @@ class Options:
     visibility_timeout: float
     snapshot_entries: int
     keep_data: bool
+    workloads: list[str] = dataclasses.field(default_factory=lambda: list(WORKLOADS))
+    stream_rate: float = 20.0
+    fanout_rate: float = 16.0
 
     def rerun_command(self) -> str:
+        mix = "" if self.workloads == list(WORKLOADS) else f" --workload {','.join(self.workloads)}"
         return (
             f"raftmq chaos run --nodes {self.nodes} --duration {self.duration:g} "
-            f"--nemesis {','.join(self.nemeses)} --seed {self.seed}"
+            f"--nemesis {','.join(self.nemeses)}{mix} --seed {self.seed}"
         )
 
 
@@ -187,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         visibility_timeout=args.visibility_timeout,
         snapshot_entries=args.snapshot_entries,
         keep_data=args.keep_data,
+        workloads=list(args.workload),
+        stream_rate=args.stream_rate,
+        fanout_rate=args.fanout_rate,
     )
     with _logging(out / "chaos.log", args.verbose), _terminate_as_exit():
         return run(options)
@@ -281,6 +325,7 @@ def run(options: Options) -> int:
             cluster.setup()
         nemeses = [n for n in options.nemeses if n not in skipped]
         faults = plan(options.seed, nemeses, options.duration, options.nodes)
+        config = _config(options)
         history = HistoryWriter(history_path)
         history.write(
             {
@@ -290,8 +335,14 @@ def run(options: Options) -> int:
                 "nemeses": nemeses,
                 "skipped_nemeses": skipped,
                 "duration": options.duration,
-                "queue": "chaos",
+                "queue": config.queue,
                 "visibility_timeout": options.visibility_timeout,
+                "workloads": list(config.workloads),
+                "stream": config.stream,
+                "groups": [f"g{k}" for k in range(config.groups)],
+                "stream_dedup_window_s": Limits().dedup_window_s,
+                "exchange": config.exchange,
+                "fanout_queues": list(config.fanout_queues),
                 "wall_start": history.wall_start,
                 "topology": cluster.topology.describe(),
                 "node_urls": dict(zip(cluster.ids, cluster.urls, strict=True)),
@@ -302,7 +353,7 @@ def run(options: Options) -> int:
         leader = cluster.wait_ready(STARTUP_TIMEOUT_S)
         log.info("cluster ready: %s leads; urls %s", leader, ",".join(cluster.urls))
         started = True
-        _exercise(options, cluster, history, faults)
+        _exercise(options, config, cluster, history, faults)
     except (OSError, RuntimeError, TimeoutError, NetnsError, RaftMQError) as e:
         log.exception("the run could not complete")
         setup_error = f"{type(e).__name__}: {e}"
@@ -317,21 +368,33 @@ def run(options: Options) -> int:
     return code if started else EXIT_SETUP
 
 
-def _exercise(
-    options: Options, cluster: ChaosCluster, history: HistoryWriter, faults: list[Any]
-) -> None:
-    config = WorkloadConfig(
+def _config(options: Options) -> WorkloadConfig:
+    return WorkloadConfig(
         producers=options.producers,
         consumers=options.consumers,
         publish_rate=options.rate,
         visibility_timeout=options.visibility_timeout,
         seed=options.seed,
+        workloads=tuple(options.workloads),
+        append_rate=options.stream_rate,
+        fanout_rate=options.fanout_rate,
     )
+
+
+def _exercise(
+    options: Options,
+    config: WorkloadConfig,
+    cluster: ChaosCluster,
+    history: HistoryWriter,
+    faults: list[Any],
+) -> None:
     with Client(cluster.urls, timeout=5.0, retry_deadline=30.0) as client:
-        client.declare_queue(config.queue, visibility_timeout=options.visibility_timeout)
+        if "queue" in config.workloads:
+            client.declare_queue(config.queue, visibility_timeout=options.visibility_timeout)
+        declare(client, config)
     history.write({"type": "phase", "name": "workload_start"})
     nemesis = Nemesis(cluster, history, faults, options.seed, history.now())
-    workload = Workload(cluster.urls, history, config)
+    workload = Workload(cluster.urls, history, config, extra=processes(config))
     workload.start()
     nemesis.start()
     stopped = threading.Event()
@@ -351,11 +414,11 @@ def _exercise(
         log.error("no leader after the final heal: %s", e)
     history.write({"type": "phase", "name": "drain_start"})
 
-    def totals() -> dict[str, int | None]:
+    def totals(queue: str) -> dict[str, int | None]:
         nemesis.watch_exits()
         out: dict[str, int | None] = {}
         for node_id in cluster.ids:
-            res = http_json("GET", f"{cluster.spec(node_id).url}/v1/queues/{config.queue}")
+            res = http_json("GET", f"{cluster.spec(node_id).url}/v1/queues/{queue}")
             ok = res.status == 200 and isinstance(res.body, dict)
             out[node_id] = int(res.body["total"]) if ok else None
         return out
@@ -363,12 +426,24 @@ def _exercise(
     drained, queue_totals = drain(cluster.urls, history, config, totals, DRAIN_TIMEOUT_S)
     history.write({"type": "phase", "name": "drain_end"})
     log.info("drain %s: totals %s", "complete" if drained else "INCOMPLETE", queue_totals)
+    stream_read: dict[str, Any] = {}
+    if "stream" in config.workloads:
+        complete, next_offset = final_stream_read(
+            cluster.urls, history, config, STREAM_READ_TIMEOUT_S
+        )
+        stream_read = {"stream_read_complete": complete, "stream_next_offset": next_offset}
+        log.info(
+            "final stream read %s: %d records",
+            "complete" if complete else "INCOMPLETE",
+            next_offset,
+        )
     converged, statuses, waited = _converge(cluster, nemesis)
     history.write(
         {
             "type": "final",
             "drained": drained,
             "queue_totals": queue_totals,
+            **stream_read,
             "converged": converged,
             "convergence_wait_s": round(waited, 3),
             "nodes": statuses,
@@ -433,6 +508,7 @@ def _report(
         "duration_s": options.duration,
         "topology": cluster.topology.describe(),
         "schedule": [f.to_dict() for f in faults],
+        "workloads": options.workloads,
         "rerun": options.rerun_command(),
         "files": {
             "history": "history.jsonl",
@@ -445,7 +521,8 @@ def _report(
     write_results(options.out / "results.json", document)
     title = (
         f"raftmq chaos: seed {options.seed}, {options.nodes} nodes, "
-        f"{','.join(run_info['nemeses']) or 'no nemesis'}, {options.duration:g} s"
+        f"{','.join(run_info['nemeses']) or 'no nemesis'}, {options.duration:g} s, "
+        f"workloads {','.join(options.workloads)}"
     )
     render_timeline(options.out / "timeline.png", records, result, title)
     if result.valid and not options.keep_data:
@@ -465,7 +542,8 @@ def _summary(options: Options, result: CheckResult, run_info: dict[str, Any]) ->
     topo = run_info["topology"]
     _out(
         f"chaos run: seed {options.seed}, {options.nodes} nodes, {options.duration:g} s, "
-        f"nemeses {','.join(run_info['nemeses']) or '-'}, topology {topo.get('topology')}"
+        f"nemeses {','.join(run_info['nemeses']) or '-'}, "
+        f"workloads {','.join(options.workloads)}, topology {topo.get('topology')}"
         + (f" {topo['subnet']}" if topo.get("subnet") else "")
     )
     for name, reason in run_info["skipped_nemeses"].items():
@@ -476,21 +554,54 @@ def _summary(options: Options, result: CheckResult, run_info: dict[str, Any]) ->
     )
     for op, per in sorted(result.operations.items()):
         ok, fail, info = per.get("ok", 0), per.get("fail", 0), per.get("info", 0)
-        _out(f"  {op:8} ok {ok:6}  fail {fail:5}  info {info:5}")
-    _out(
-        f"  lost {counts['lost']}, unexpected {counts['unexpected']}, "
-        f"failed-but-delivered {counts['failed_publish_delivered']}, "
-        f"duplicates {counts['duplicates']} (violations {counts['duplicate_violations']}), "
-        f"fifo violations {counts['fifo_violations']}, node crashes {counts['node_exits']}"
-    )
-    _out(
-        f"  unknown publishes: {counts['unknown_publishes_present']} present, "
-        f"{counts['unknown_publishes_absent']} absent"
-    )
+        _out(f"  {op:12} ok {ok:6}  fail {fail:5}  info {info:5}")
+    workloads = run_info.get("workloads", [])
+    if "queue" in workloads:
+        _out(
+            f"  queue: lost {counts['lost']}, unexpected {counts['unexpected']}, "
+            f"failed-but-delivered {counts['failed_publish_delivered']}, "
+            f"duplicates {counts['duplicates']} (violations {counts['duplicate_violations']}), "
+            f"fifo violations {counts['fifo_violations']}; unknown publishes "
+            f"{counts['unknown_publishes_present']} present, "
+            f"{counts['unknown_publishes_absent']} absent"
+        )
+    if "fanout" in workloads:
+        _out(
+            f"  fan-out ({len(result.fanout)} queues): lost {counts['fanout_lost']}, "
+            f"unexpected {counts['fanout_unexpected']}, "
+            f"failed-but-delivered {counts['fanout_failed_publish_delivered']}, "
+            f"duplicates {counts['fanout_duplicates']} "
+            f"(violations {counts['fanout_duplicate_violations']}), "
+            f"fifo violations {counts['fanout_fifo_violations']}, "
+            f"misrouted {counts['fanout_misrouted']}; unknown publishes "
+            f"{counts['fanout_unknown_publishes_present']} present, "
+            f"{counts['fanout_unknown_publishes_absent']} absent"
+        )
+    if "stream" in workloads:
+        stats = result.stream.stats
+        _out(
+            f"  stream: lost {counts['stream_lost']}, unexpected {counts['stream_unexpected']}, "
+            f"failed-but-present {counts['stream_failed_append_present']}, "
+            f"duplicates {counts['stream_duplicates']} "
+            f"(violations {counts['stream_duplicate_violations']}), "
+            f"order violations {counts['stream_order_violations']}, "
+            f"rewritten offsets {counts['stream_rewritten_offsets']}, "
+            f"stale reads {counts['stream_stale_reads']}, "
+            f"bad bodies {counts['stream_bad_bodies']}"
+        )
+        _out(
+            f"  groups: offset violations {counts['group_offset_violations']}, "
+            f"backward moves explained by unknown commits {counts['group_offset_regressions']}; "
+            f"unknown appends {counts['stream_unknown_appends_present']} present, "
+            f"{counts['stream_unknown_appends_absent']} absent; final read "
+            f"{stats.get('final_records', 0)} records"
+            + ("" if stats.get("final_read_complete") else " (INCOMPLETE)")
+        )
+    _out(f"  node crashes {counts['node_exits']}")
     _out(
         f"  availability: {avail.ok_ops_per_s:.1f} ok ops/s, {avail.ok_publishes_per_s:.1f} "
-        f"ok publishes/s; longest gap without an ok op {avail.longest_gap_s:.2f} s "
-        f"({avail.longest_gap[0]:.1f}-{avail.longest_gap[1]:.1f}), without an ok publish "
+        f"ok writes/s; longest gap without an ok op {avail.longest_gap_s:.2f} s "
+        f"({avail.longest_gap[0]:.1f}-{avail.longest_gap[1]:.1f}), without an ok write "
         f"{avail.longest_publish_gap_s:.2f} s"
     )
     _out(

@@ -1,10 +1,11 @@
-"""Producers and consumers on one queue, through the Python client, recorded in the history.
+"""Client processes through the Python client, recorded in the history; the final drain.
 
 Each process is a thread with its own :class:`raftmq.Client` (the client is not
 thread-safe) and runs one operation at a time, so its records are a sequence
-the checker can reason about. A producer publishes ids ``p{k}-{n}`` (sometimes
-two or three per batch); a consumer receives a few messages with a long poll
-and acks them at once.
+the checker can reason about. The queue workload is here: a producer publishes
+ids ``p{k}-{n}`` (sometimes two or three per batch); a consumer receives a few
+messages with a long poll and acks them at once. The stream and fan-out
+workloads (``chaos.pubsub_workload``) run on the same :class:`Workload`.
 
 Outcome of an operation. The client fails over by itself, so one call may make
 several HTTP attempts. A :class:`RecordingTransport` notes each attempt, and a
@@ -33,12 +34,16 @@ from raftmq.client import Client, Message, ReceivedMessage, _Response, _SyncTran
 from raftmq.errors import RaftMQError
 
 __all__ = [
+    "WORKLOADS",
     "Attempt",
+    "ProcessFn",
     "RecordingTransport",
     "Workload",
     "WorkloadConfig",
+    "body_for",
     "classify",
     "drain",
+    "receive_and_ack",
 ]
 
 log = logging.getLogger(__name__)
@@ -219,7 +224,12 @@ def receive_and_ack(
     result = proc.call(
         "receive",
         receive,
-        {"max": max_messages, "wait": wait, "visibility_timeout": visibility_timeout},
+        {
+            "queue": queue,
+            "max": max_messages,
+            "wait": wait,
+            "visibility_timeout": visibility_timeout,
+        },
         received_fields,
     )
     outcome, messages = result
@@ -231,7 +241,7 @@ def receive_and_ack(
     proc.call(
         "ack",
         lambda: proc.client.ack(queue, list(by_receipt)),
-        {"pairs": [list(p) for p in by_receipt.values()]},
+        {"queue": queue, "pairs": [list(p) for p in by_receipt.values()]},
         lambda res: {
             "acked": res.acked,
             "stale": [list(by_receipt[r]) for r in res.stale if r in by_receipt],
@@ -249,6 +259,9 @@ def _patience(attempt_s: float, most: float, k: int, count: int) -> float:
     attempt lasts its long poll too: in seconds, every consumer would be impatient.
     """
     return attempt_s * most * (k + 1) / max(1, count)
+
+
+WORKLOADS = ("queue", "stream", "fanout")
 
 
 @dataclass
@@ -270,23 +283,70 @@ class WorkloadConfig:
     # expire and redelivery is exercised too.
     skip_ack_probability: float = 0.02
     seed: int = 0
+    # Which promises are exercised: point-to-point queue, stream, exchange fan-out.
+    workloads: tuple[str, ...] = WORKLOADS
+    # Streams (chaos.pubsub_workload): appenders, forward readers, consumer groups.
+    stream: str = "chaos-stream"
+    appenders: int = 2
+    readers: int = 2
+    groups: int = 2
+    append_rate: float = 20.0  # records per second, all appenders together
+    read_max: int = 50
+    replay_probability: float = 0.1
+    # An append (or exchange publish) whose outcome was not ok is sent again with
+    # the same ids this many times, as a real producer would: dedup is exercised.
+    resend_limit: int = 2
+    # Fan-out: publishers to a fanout exchange bound to these queues, a consumer each.
+    exchange: str = "chaos-fan"
+    fanout_queues: tuple[str, ...] = ("chaos-fan-a", "chaos-fan-b")
+    fanout_publishers: int = 2
+    fanout_rate: float = 16.0  # messages per second, all fan-out publishers together
+
+    def drain_queues(self) -> list[str]:
+        """Every queue the selected workloads fill, so the drain must empty."""
+        queues = [self.queue] if "queue" in self.workloads else []
+        if "fanout" in self.workloads:
+            queues += list(self.fanout_queues)
+        return queues
+
+
+ProcessFn = Callable[["Workload", str, int], None]
 
 
 @dataclass
 class Workload:
-    """Producer and consumer threads; ``stop()`` ends them after their current operation."""
+    """Client threads; ``stop()`` ends them after their current operation.
+
+    The queue processes are built in; ``extra`` adds others (streams, fan-out:
+    ``chaos.pubsub_workload.processes``) as ``(name, function, index)``.
+    """
 
     urls: list[str]
     history: HistoryWriter
     config: WorkloadConfig
+    extra: list[tuple[str, ProcessFn, int]] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once ``stop()`` was called; process loops end when they see it."""
+        return self._stop
+
     def start(self) -> None:
-        for k in range(self.config.producers):
-            self._spawn(f"p{k}", self._produce, k)
-        for k in range(self.config.consumers):
-            self._spawn(f"c{k}", self._consume, k)
+        if "queue" in self.config.workloads:
+            for k in range(self.config.producers):
+                self._spawn(f"p{k}", self._produce, k)
+            for k in range(self.config.consumers):
+                self._spawn(f"c{k}", self._consume, k)
+        for name, fn, k in self.extra:
+            self._spawn(name, functools.partial(fn, self), k)
+
+    def process(self, name: str, k: int, count: int, attempt_s: float) -> _Process:
+        """A client process whose patience is the ``k``-th of ``count`` (see ``_patience``)."""
+        cfg = self.config
+        deadline = _patience(attempt_s, cfg.max_patience, k, count)
+        return _Process(name, self.urls, self.history, cfg.client_timeout, deadline)
 
     def _spawn(self, name: str, target: Callable[[str, int], None], k: int) -> None:
         thread = threading.Thread(target=target, args=(name, k), name=f"chaos-{name}", daemon=True)
@@ -320,7 +380,7 @@ class Workload:
                 proc.call(
                     "publish",
                     functools.partial(proc.client.publish_batch, cfg.queue, batch),
-                    {"ids": ids},
+                    {"queue": cfg.queue, "ids": ids},
                     functools.partial(_returned_ids, ids),
                 )
                 # Pacing, not synchronisation: exponential gaps average the target rate;
@@ -358,31 +418,34 @@ def drain(
     urls: list[str],
     history: HistoryWriter,
     config: WorkloadConfig,
-    totals: Callable[[], dict[str, int | None]],
+    totals: Callable[[str], dict[str, int | None]],
     deadline_s: float,
     stop: threading.Event | None = None,
-) -> tuple[bool, dict[str, int | None]]:
-    """Receives and acks until every node reports an empty queue; bounded by ``deadline_s``.
+) -> tuple[bool, dict[str, dict[str, int | None]]]:
+    """Receives and acks until every node reports every drained queue empty; bounded.
 
     Messages leased by a receive whose answer was lost come back after their
     visibility timeout, so an empty receive is not the end: only every node
-    reporting ``total == 0`` is.
+    reporting ``total == 0`` (``totals(queue)``) is. Returns whether all of
+    ``config.drain_queues()`` emptied, and the last totals per queue.
     """
     patient = 3 * (config.client_timeout + config.receive_wait)
     proc = _Process("drain", urls, history, config.client_timeout, patient)
     clock = history.now
     end = clock() + deadline_s
-    last: dict[str, int | None] = {}
+    pending = config.drain_queues()
+    last: dict[str, dict[str, int | None]] = {}
     try:
-        while clock() < end and not (stop is not None and stop.is_set()):
-            _, got = receive_and_ack(
-                proc, config.queue, 100, config.receive_wait, config.visibility_timeout
-            )
-            if got:
-                continue
-            last = totals()
-            if last and all(v == 0 for v in last.values()):
-                return True, last
-        return False, last
+        while pending and clock() < end and not (stop is not None and stop.is_set()):
+            for queue in list(pending):
+                _, got = receive_and_ack(
+                    proc, queue, 100, config.receive_wait, config.visibility_timeout
+                )
+                if got:
+                    continue
+                last[queue] = totals(queue)
+                if last[queue] and all(v == 0 for v in last[queue].values()):
+                    pending.remove(queue)
+        return not pending, last
     finally:
         proc.close()

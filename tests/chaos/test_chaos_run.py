@@ -2,9 +2,10 @@
 
 ``raftmq chaos run`` starts its own cluster (in network namespaces when it may
 partition; without root it says why and skips the partition nemesis), runs
-producers and consumers under kill, pause and partition faults, drains,
-checks and tears down. The subprocess has a hard timeout so a hung run fails
-the test instead of the suite.
+queue producers and consumers, stream appenders, readers and consumer groups,
+and fan-out publishers and consumers under kill, pause and partition faults,
+drains, reads the stream back, checks and tears down. The subprocess has a
+hard timeout so a hung run fails the test instead of the suite.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def test_a_60_second_mixed_run_finds_nothing(tmp_path: Path) -> None:
     assert results["convergence"]["converged"] is True
     assert results["seed"] == 1
     assert results["availability"]["windows"], "the nemesis ran no fault window"
+    # The default mix exercises all three promises, and each was checked.
+    assert results["workloads"] == ["queue", "stream", "fanout"]
+    assert not any(results["violation_classes"].values()), report
+    assert results["stream"]["final_read_complete"] is True, report
+    assert results["stream"]["appended_ok"] > 0
+    assert results["stream"]["commits_ok"] > 0
+    assert set(results["fanout"]) == {"chaos-fan-a", "chaos-fan-b"}
+    assert all(q["messages"]["published_ok"] > 0 for q in results["fanout"].values())
+    assert "stream:" in proc.stdout and "fan-out (2 queues):" in proc.stdout
     assert (out / "timeline.png").read_bytes().startswith(PNG_MAGIC)
     assert (out / "history.jsonl").stat().st_size > 0
 
@@ -83,8 +93,14 @@ def test_unknown_nemesis_and_bad_node_count_are_usage_errors(
     assert chaos_main(["run", "--nodes", "4"]) == 2
 
 
+def test_unknown_workload_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert chaos_main(["run", "--workload", "queue,log"]) == 2
+    assert "unknown workload log" in capsys.readouterr().err
+    assert chaos_main(["run", "--workload", ","]) == 2
+
+
 def test_help_lists_the_run_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["chaos", "run", "--help"]) == 0
     text = capsys.readouterr().out
-    for option in ("--nodes", "--duration", "--nemesis", "--seed", "--out"):
+    for option in ("--nodes", "--duration", "--nemesis", "--workload", "--seed", "--out"):
         assert option in text
