@@ -30,11 +30,9 @@ import binascii
 import functools
 import http.client
 import logging
-import os
 import random
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -239,26 +237,29 @@ def new_message_id() -> str:
 
 
 class _IdClock:
-    """The (millisecond, counter) of the last id made: the next is always larger."""
+    """The (millisecond, counter) of the last id made: the next is larger.
 
-    __slots__ = ("_counter", "_lock", "_ms")
+    Uniqueness rests on the 64 random bits alone (random's generator, seeded
+    from os.urandom and reseeded in a forked child); the clock and counter only
+    give the order, so threads racing here without a lock may at worst make two
+    ids of one millisecond out of order, which costs a dedup record its append.
+    """
+
+    __slots__ = ("_counter", "_ms")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._ms = 0
         self._counter = 0
 
     def next_id(self) -> str:
-        with self._lock:
-            now_ms = time.time_ns() // 1_000_000
-            if now_ms > self._ms:
-                self._ms, self._counter = now_ms, 0
-            elif self._counter < 0xFFFF:
-                self._counter += 1  # the same millisecond, or the clock stepped back
-            else:
-                self._ms, self._counter = self._ms + 1, 0  # borrow the next millisecond
-            ms, counter = self._ms, self._counter
-        return f"{ms:012x}{counter:04x}{os.urandom(8).hex()}"
+        now_ms = time.time_ns() // 1_000_000
+        if now_ms > self._ms:
+            self._ms, self._counter = now_ms, 0
+        elif self._counter < 0xFFFF:
+            self._counter += 1  # the same millisecond, or the clock stepped back
+        else:
+            self._ms, self._counter = self._ms + 1, 0  # borrow the next millisecond
+        return f"{self._ms:012x}{self._counter:04x}{random.getrandbits(64):016x}"
 
 
 _ID_CLOCK = _IdClock()
