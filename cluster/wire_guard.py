@@ -3,13 +3,14 @@
 pysyncobj's TcpConnection reads everything a socket offers into one buffer and
 only then looks for a complete message, whose 4-byte length prefix it trusts:
 anyone who can reach the Raft port could make the node hold gigabytes. The
-first message of every connection is small (with a cluster secret, the random
-key exchange; without one, the sender's address), so until one message has
-been parsed and accepted, a connection may announce no message larger than
+first message of every accepted connection is small (with a cluster secret, the
+random key exchange; without one, the sender's address), so until one message has
+been parsed and accepted, such a connection may announce no message larger than
 `UNTRUSTED_BUFFER_BYTES` (else it is closed), and nothing after that first
 message is read before the message has been checked. After the first message
 (which, with a cluster secret, proves the peer holds the secret) pysyncobj's
-own behaviour applies.
+own behaviour applies, as it does from the start on connections this node dialed
+(to a member's address; their first message may be a large append-entries).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def install_wire_guard() -> None:
     read: Callable[[Any], bool] = getattr(TcpConnection, _READ)
     parse: Callable[[Any], Any] = getattr(TcpConnection, _PARSE)
     close: Callable[[Any], None] = TcpConnection.disconnect
+    dial: Callable[[Any, str, int], bool] = TcpConnection.connect
 
     def guarded_read(connection: Any) -> bool:
         more = read(connection)
@@ -88,7 +90,17 @@ def install_wire_guard() -> None:
         setattr(connection, _TRUSTED, False)
         close(connection)
 
+    def connect(connection: Any, host: str, port: int) -> bool:
+        # A connection this node dialed goes to a member's configured address, and
+        # its first message is whatever that member sends first: after a restart,
+        # the leader's catch-up append-entries, far over the limit. Only accepted
+        # connections (a stranger may be behind them) are bounded.
+        connected = dial(connection, host, port)
+        setattr(connection, _TRUSTED, True)
+        return connected
+
     setattr(TcpConnection, _READ, guarded_read)
     setattr(TcpConnection, _PARSE, guarded_parse)
     TcpConnection.disconnect = disconnect
+    TcpConnection.connect = connect
     TcpConnection._raftmq_guarded = True
