@@ -45,6 +45,7 @@ OPEN_CHANNELS: web.AppKey[set[object]] = web.AppKey("open_channels")
 MEMBERSHIP_LOCK = web.AppKey("membership_lock", asyncio.Lock)
 # Set when this node should stop: SIGTERM, or its removal from the cluster.
 STOP = web.AppKey("stop", asyncio.Event)
+REMOVAL = web.AppKey("removal", membership.RemovalWatch)
 
 # Commands after whose apply a long-polling receive may find something.
 _WAKING_OPS = {"publish", "nack", "delete_queue", "purge_queue", "declare_queue"}
@@ -425,9 +426,7 @@ def _wake_listener(
     app: web.Application, loop: asyncio.AbstractEventLoop
 ) -> Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]:
     waiters = app[WAITERS]
-    self_raft = app[CONFIG].raft.raft_address
-    data_dir = app[CONFIG].raft.data_dir
-    stop = app[STOP]
+    removal = app[REMOVAL]
     from node.routes_pubsub import wake_keys
 
     def on_applied(commands: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
@@ -438,12 +437,22 @@ def _wake_listener(
         queues = waiters.watched(queues)
         if queues:
             loop.call_soon_threadsafe(waiters.notify, queues)
-        if any(c.get("op") == "unregister_node" and c.get("raft") == self_raft for c in commands):
-            logger.warning("this node was removed from the cluster; stopping")
-            membership.mark_removed(data_dir)
-            loop.call_soon_threadsafe(stop.set)
+        removal.applied(commands)
+        if removal.unregistered:
+            loop.call_soon_threadsafe(_stop_if_removed, app)
 
     return on_applied
+
+
+def _stop_if_removed(app: web.Application) -> bool:
+    """Mark the data dir removed and stop, once this node's removal is certain."""
+    stop = app[STOP]
+    if stop.is_set() or not app[REMOVAL].removed(app[RAFT].is_ready()):
+        return stop.is_set()
+    logger.warning("this node was removed from the cluster; stopping")
+    membership.mark_removed(app[CONFIG].raft.data_dir)
+    stop.set()
+    return True
 
 
 async def _registration(app: web.Application) -> None:
@@ -457,6 +466,11 @@ async def _registration(app: web.Application) -> None:
     expected = {"id": config.node_id, "http": config.advertise_http}
     saved_members: list[str] | None = membership.load_peers(config.raft.data_dir)
     while True:
+        if _stop_if_removed(app) or app[REMOVAL].unregistered:
+            # Removed, or unregistered while catching up: registering again
+            # would put a removed node back in the registry.
+            await asyncio.sleep(0.2)
+            continue
         members = raft.members()
         if members != saved_members and raft.leader_raft() is not None:
             membership.save_peers(config.raft.data_dir, members)
@@ -514,6 +528,7 @@ def make_app(raft: RaftPort, config: NodeConfig) -> web.Application:
     app[OPEN_CHANNELS] = set()
     app[MEMBERSHIP_LOCK] = asyncio.Lock()
     app[STOP] = asyncio.Event()
+    app[REMOVAL] = membership.RemovalWatch(config.raft.raft_address)
     app.cleanup_ctx.append(_background)
     app.on_response_prepare.append(logs.on_prepare)
     app.add_routes(routes())

@@ -245,6 +245,41 @@ async def join_cluster(
     raise TimeoutError(f"could not join the cluster at {join_url}: {last_error}")
 
 
+class RemovalWatch:
+    """Decides when an applied `unregister_node` of this node means it was removed.
+
+    A node that replays the log from its start (re-added under its old raft
+    address with an empty data dir, by `--join` or by `add-node` and
+    `--peers`) meets the unregistration of its previous incarnation before the
+    registration that added it again. Acting on it there would stop the
+    re-added member for good while it stays in the Raft configuration. So an
+    unregistration of this node counts only once the node has caught up with
+    the leader (Raft's readiness) and no later registration of itself has been
+    applied. Applies run on the Raft tick thread, checks on the event loop: the
+    state is two flags.
+    """
+
+    def __init__(self, self_raft: str) -> None:
+        self.self_raft = self_raft
+        self.unregistered = False  # the last (un)registration of this node applied
+        self.caught_up = False
+
+    def applied(self, commands: list[dict[str, Any]]) -> None:
+        for command in commands:
+            if command.get("raft") != self.self_raft:
+                continue
+            if command.get("op") == "unregister_node":
+                self.unregistered = True
+            elif command.get("op") == "register_node":
+                self.unregistered = False
+
+    def removed(self, ready: bool) -> bool:
+        """Whether this node was removed; `ready`: it has applied what the leader committed."""
+        if ready:
+            self.caught_up = True
+        return self.unregistered and self.caught_up
+
+
 def mark_removed(data_dir: str) -> None:
     with open(os.path.join(data_dir, REMOVED_FILE), "w") as f:
         f.write("this node was removed from its cluster\n")
