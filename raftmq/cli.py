@@ -489,9 +489,10 @@ def _status(client: Client, args: argparse.Namespace, as_json: bool) -> None:
         ("term", info.get("term")),
         ("commit index", info.get("commit_index")),
         ("applied index", info.get("applied_index")),
-        ("last log index", info.get("last_log_index")),
-        ("digest", info.get("digest")),
+        ("log length", info.get("log_length")),
     ]
+    if info.get("digest") is not None:
+        pairs.append(("digest", info["digest"]))
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
         _out(f"{key.ljust(width)}  {_cell(value)}")
