@@ -666,6 +666,12 @@ def _members_table(members: Sequence[Mapping[str, Any]], leader_raft: str | None
     return table(["ID", "RAFT", "HTTP", "ROLE"], rows)
 
 
+def _leader_raft(client: Client) -> str | None:
+    """The leader's raft address as the cluster reports it now (None if there is none)."""
+    leader = client.cluster().get("leader") or {}
+    return leader.get("raft")
+
+
 def _members(client: Client, args: argparse.Namespace, as_json: bool) -> None:
     info = client.cluster()
     members = info.get("members") or []
@@ -692,7 +698,7 @@ def _add_node(client: Client, args: argparse.Namespace, as_json: bool) -> None:
         _json_out(members)
         return
     _out(f"added {args.id}; start it with: raftmq node --id {args.id} --raft {args.raft} ...")
-    _out(_members_table(members, None))
+    _out(_members_table(members, _leader_raft(client)))
 
 
 def _remove_node(client: Client, args: argparse.Namespace, as_json: bool) -> None:
@@ -701,7 +707,7 @@ def _remove_node(client: Client, args: argparse.Namespace, as_json: bool) -> Non
         _json_out(members)
         return
     _out(f"removed {args.member}")
-    _out(_members_table(members, None))
+    _out(_members_table(members, _leader_raft(client)))
 
 
 def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:

@@ -149,6 +149,7 @@ def test_readded_node_with_an_empty_data_dir_stays_a_member(cluster: LocalTestCl
         client.publish_batch(QUEUE, [{"body": str(i), "id": str(i)} for i in range(50)])
     done = ctl("--url", n2.url, "remove-node", n1.node_id)
     assert done.returncode == 0, done.stderr
+    assert "leader" in done.stdout  # the member table names the leader in its ROLE column
     assert n1.process is not None and n1.process.wait(timeout=30) == 0
 
     rejoin_empty(cluster, n1, via=n2)
