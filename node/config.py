@@ -71,8 +71,11 @@ class NodeConfig:
 
 def _host_port(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    # isascii(): str.isdigit() takes "²", which int() refuses.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"expected HOST:PORT with a port of 1-65535, got {value!r}"
+        )
     return host, int(port)
 
 
@@ -225,11 +228,14 @@ def parse_config(argv: list[str] | None) -> NodeConfig:
     if args.tls_client_ca is not None and args.tls_cert is None:
         parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     scheme = "https" if args.tls_cert is not None else "http"
-    http_host, http_port = _host_port(args.http)
-    _host_port(args.raft)
     peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
-    for peer in peers:
-        _host_port(peer)
+    try:
+        http_host, http_port = _host_port(args.http)
+        _host_port(args.raft)
+        for peer in peers:
+            _host_port(peer)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if args.snapshot_log_ratio < 0:
         parser.error("--snapshot-log-ratio must be 0 or more")
     if args.store_max_bytes < 1 << 20:

@@ -136,6 +136,15 @@ def test_a_limit_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--max-batch must be positive" in capsys.readouterr().err
 
 
+def test_addresses_need_a_port_of_ascii_digits_in_range(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for flag, wrong in (("--raft", "h:²"), ("--http", "h:0"), ("--peers", "a:1,b:99999")):
+        with pytest.raises(SystemExit):
+            parse_config([*NODE_ARGS, flag, wrong])
+        assert "port of 1-65535" in capsys.readouterr().err
+
+
 def test_election_timeout_flag(capsys: pytest.CaptureFixture[str]) -> None:
     config = parse_config([*NODE_ARGS, "--election-timeout", "0.5,1.5"])
     assert (config.raft.election_timeout_min_s, config.raft.election_timeout_max_s) == (0.5, 1.5)
