@@ -320,7 +320,7 @@ class RaftNode:
             "store_live_bytes": self.storage.use.live_bytes,
             "store_capacity_bytes": self.storage.use.capacity_bytes,
             "disk_free_bytes": self.storage.use.disk_free_bytes,
-            "storage_full": self.storage.full() is not None,
+            "storage_full": self.storage.full(),
         }
 
     def write_backup(self, path: str) -> "concurrent.futures.Future[int]":

@@ -322,10 +322,21 @@ async def cluster_status(request: web.Request) -> web.Response:
         "log_length": status["log_length"],
         "has_quorum": status["has_quorum"],
         "members": members,
+        "storage": _storage(raft.counters()),
     }
     if digest is not None:
         body["digest"] = digest
     return json_response(body)
+
+
+def _storage(counters: dict[str, Any]) -> dict[str, Any]:
+    """This node's room: see cluster.storage_guard (`full` says why writes are refused)."""
+    return {
+        "live_bytes": counters["store_live_bytes"],
+        "capacity_bytes": counters["store_capacity_bytes"],
+        "disk_free_bytes": counters["disk_free_bytes"],
+        "full": counters["storage_full"],
+    }
 
 
 _DASHBOARD = importlib.resources.files("node").joinpath("static/dashboard.html")

@@ -165,7 +165,7 @@ class BrokerCollector(Collector):
                 "1 while this node refuses publishes and appends (507 storage_full): its "
                 "store is over 90% of --store-max-bytes, or its disk is short of "
                 "--min-free-disk-bytes plus the store's live size.",
-                int(counters["storage_full"]),
+                int(counters["storage_full"] is not None),
             ),
             (
                 "raftmq_store_live_bytes",

@@ -371,6 +371,21 @@ def _schemas(limits: Limits) -> dict[str, Schema]:
                         ("id", "raft", "http", "state"),
                     ),
                 },
+                "storage": _object(
+                    {
+                        "live_bytes": counter,
+                        "capacity_bytes": counter,
+                        "disk_free_bytes": counter,
+                        "full": _nullable(
+                            {
+                                "type": "string",
+                                "description": "why this node refuses publishes and appends "
+                                "(507 storage_full), or null",
+                            }
+                        ),
+                    },
+                    ("live_bytes", "capacity_bytes", "disk_free_bytes", "full"),
+                ),
                 "digest": {"type": "string", "description": "only with ?digest=1"},
             },
             (
@@ -386,6 +401,7 @@ def _schemas(limits: Limits) -> dict[str, Schema]:
                 "log_length",
                 "has_quorum",
                 "members",
+                "storage",
             ),
         ),
         "ExchangeIn": _object(

@@ -85,6 +85,8 @@ def test_dashboard_shows_leader_queues_and_details(
     expect(page.locator("#leader")).to_have_attribute("data-leader-id", leader.node_id)
     expect(page.locator("#leader")).to_have_text(leader.node_id)
     expect(page.locator("#members tbody tr")).to_have_count(3)
+    expect(page.locator("#store")).to_contain_text("MiB free")
+    expect(page.locator("#storage-full")).to_be_hidden()
 
     _api(leader, "PUT", "/v1/queues/orders.dlq", {})
     _api(

@@ -53,6 +53,9 @@ def _fill_refuse_and_drain(cluster: LocalTestCluster, leader: NodeProc, client: 
     assert all(node.alive for node in cluster.members)
     assert client.queue("fill")["total"] == len(confirmed)
     assert scrape(leader.url)["raftmq_storage_full"] == 1
+    storage = request("GET", f"{leader.url}/v1/cluster").body["storage"]
+    assert "--store-max-bytes" in storage["full"]
+    assert storage["capacity_bytes"] == CAPACITY
     raw = request(
         "POST",
         f"{leader.url}/v1/queues/fill/messages",
@@ -74,5 +77,6 @@ def _fill_refuse_and_drain(cluster: LocalTestCluster, leader: NodeProc, client: 
         what="the alarm to clear",
     )
     assert client.publish_batch("fill", [Message(body=body, id="after")]) == ["after"]
+    assert request("GET", f"{leader.url}/v1/cluster").body["storage"]["full"] is None
     assert all(node.alive for node in cluster.members)
     cluster.wait_converged()

@@ -101,7 +101,7 @@ class FakeRaft:
             "store_live_bytes": 1 << 20,
             "store_capacity_bytes": 1 << 30,
             "disk_free_bytes": 10 << 30,
-            "storage_full": False,
+            "storage_full": None,
         }
 
     def members(self) -> list[str]:
