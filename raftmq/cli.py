@@ -18,6 +18,7 @@ import signal
 import ssl
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
@@ -710,14 +711,30 @@ def _remove_node(client: Client, args: argparse.Namespace, as_json: bool) -> Non
     _out(_members_table(members, _leader_raft(client)))
 
 
-def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:
-    url = client.urls[0].rstrip("/") + "/v1/backup"
-    size = 0
+def _open_backup(client: Client, args: argparse.Namespace) -> Any:
+    """The backup stream of the first node (in --url order) that answers; any node has one."""
     token = getattr(args, "token", None) or os.environ.get("RAFTMQ_TOKEN")
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     context = ssl.create_default_context(cafile=getattr(args, "ca", None))
-    opened = urllib.request.urlopen(req, timeout=args.timeout, context=context)
-    with opened as resp, open(args.out, "wb") as out:
+    failures: list[str] = []
+    for base in client.urls:
+        url = base.rstrip("/") + "/v1/backup"
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=args.timeout, context=context)
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                raise  # the request itself (its token) is refused: every node would say so
+            failures.append(f"{url}: HTTP {exc.code}")
+        except OSError as exc:  # refused, unreachable, timed out
+            failures.append(f"{url}: {exc}")
+    raise ConnectionFailed("no node could send a backup (" + "; ".join(failures) + ")")
+
+
+def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    size = 0
+    partial = args.out + ".part"  # renamed once whole: a failed copy never looks like a backup
+    with _open_backup(client, args) as resp, open(partial, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0)
         show_progress = sys.stderr.isatty() and not as_json
         while chunk := resp.read(1 << 20):
@@ -730,6 +747,7 @@ def _backup(client: Client, args: argparse.Namespace, as_json: bool) -> None:
         if show_progress and total:
             sys.stderr.write("\n")
         applied = resp.headers.get("X-Applied-Index")
+    os.replace(partial, args.out)
     if as_json:
         _json_out({"file": args.out, "bytes": size, "applied_index": int(applied or 0)})
         return

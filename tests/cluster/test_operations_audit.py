@@ -16,7 +16,7 @@ from pathlib import Path
 
 from raftmq import Client, RaftMQError
 from tests.cluster.conftest import ClusterFactory
-from tests.cluster.harness import LocalTestCluster, NodeProc, request, wait_for
+from tests.cluster.harness import LocalTestCluster, NodeProc, free_port, request, wait_for
 
 QUEUE = "audit"
 MESSAGES = 1500
@@ -270,7 +270,9 @@ def test_backup_and_restore_keeps_queues_exchanges_bindings_and_streams(
     follower = cluster.follower()
     cluster.wait_converged()
     backup = tmp_path / "raftmq.backup"
-    done = ctl("--url", follower.url, "backup", "--out", str(backup))
+    # The first URL answers nothing: the backup comes from the next node that does.
+    nobody = f"http://127.0.0.1:{free_port()}"
+    done = ctl("--url", f"{nobody},{follower.url}", "backup", "--out", str(backup))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {backup}: ")
 
