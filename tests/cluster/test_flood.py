@@ -168,7 +168,10 @@ class Flood:
             )
             await writer.drain()
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=20)
-            self.expect("slow_body", int(head.split()[1]), "", {(408, "")})
+            # 307: two cores flooded by 200 clients can starve the leader's Raft thread
+            # past an election timeout; the node this targets is then a follower, which
+            # redirects before reading any body. Either way it did not wait for the body.
+            self.expect("slow_body", int(head.split()[1]), "", {(408, ""), (307, "")})
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             self.unexpected.append(f"slow_body: {exc!r}")
         finally:
