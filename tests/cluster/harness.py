@@ -86,6 +86,17 @@ def wait_for(
     )
 
 
+def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    """`raftmq ctl ARGS` as an operator types it (its output captured, never raising)."""
+    return subprocess.run(
+        [sys.executable, "-m", "raftmq", "ctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @dataclass
 class Response:
     status: int

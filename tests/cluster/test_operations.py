@@ -2,14 +2,12 @@
 
 import functools
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from raftmq import Client
 from tests.cluster.conftest import ClusterFactory
-from tests.cluster.harness import LocalTestCluster, NodeProc, wait_for
+from tests.cluster.harness import LocalTestCluster, NodeProc, ctl, wait_for
 from tests.cluster.workload import (
     ConsumerLog,
     ProducerLog,
@@ -66,16 +64,6 @@ def test_rolling_restart_under_load_loses_nothing(cluster: LocalTestCluster) -> 
 
 def caught_up(cluster: LocalTestCluster, node: NodeProc, commit_index: int) -> bool:
     return bool(cluster.status(node)["last_applied"] >= commit_index)
-
-
-def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "raftmq", "ctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_backup_then_restore_into_a_new_cluster(

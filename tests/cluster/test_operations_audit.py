@@ -7,8 +7,6 @@ data dir, and backup and restore of queues, exchanges, bindings and streams.
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,21 +14,17 @@ from pathlib import Path
 
 from raftmq import Client, RaftMQError
 from tests.cluster.conftest import ClusterFactory
-from tests.cluster.harness import LocalTestCluster, NodeProc, free_port, request, wait_for
+from tests.cluster.harness import (
+    LocalTestCluster,
+    NodeProc,
+    ctl,
+    free_port,
+    request,
+    wait_for,
+)
 
 QUEUE = "audit"
 MESSAGES = 1500
-
-
-def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-    """`raftmq ctl ARGS` as an operator types it."""
-    return subprocess.run(
-        [sys.executable, "-m", "raftmq", "ctl", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def ready(node: NodeProc) -> bool:
