@@ -3,7 +3,7 @@
 Frames are JSON text. Client -> server:
 
   {"op": "publish", "seq", "queue", "messages": [...]} -> {"op": "confirm", "seq", "ids"}
-  {"op": "subscribe", "sub", "queue", "prefetch", "visibility_timeout"?}
+  {"op": "subscribe", "sub", "queue", "prefetch", "visibility_timeout"?, "held"?}
       -> {"op": "subscribed", "sub"}, then while credit {"op": "deliver", "sub", "messages"}
   {"op": "ack", "seq", "queue", "receipts"} -> {"op": "acked", "seq", "acked", "stale"}
   {"op": "nack", "seq", "queue", "receipts", "delay"?}
@@ -278,7 +278,7 @@ class _Channel:
         )
 
     async def subscribe(self, frame: dict[str, Any]) -> None:
-        reject_unknown(frame, {"op", "sub", "queue", "prefetch", "visibility_timeout"})
+        reject_unknown(frame, {"op", "sub", "queue", "prefetch", "visibility_timeout", "held"})
         name = frame.get("sub")
         if not isinstance(name, str) or not 1 <= len(name) <= 200:
             raise bad_request("sub must be a string of 1-200 characters")
@@ -295,9 +295,21 @@ class _Channel:
             prefetch, _, lease_ms = receive_params(params, self.limits)
         except ApiError as exc:  # say which field the frame named
             raise bad_request(exc.message.replace("max ", "prefetch ", 1)) from None
-        if self.raft.read(lambda store: store.get_queue(queue, now_ms())) is None:
+        held = frame.get("held", [])
+        if not isinstance(held, list) or len(held) > prefetch:
+            raise bad_request("held must be a list of at most prefetch receipts")
+        if not all(isinstance(receipt, str) and len(receipt) <= 200 for receipt in held):
+            raise bad_request("held must be a list of receipts")
+        info = self.raft.read(lambda store: store.get_queue(queue, now_ms()))
+        if info is None:
             raise from_result({"status": "not_found"}, queue)
         sub = self.subs[name] = _Sub(name, queue, prefetch, lease_ms)
+        # Receipts the client still holds from an earlier connection count against
+        # prefetch until acked, nacked or at most a lease later (their leases end no later).
+        held_s = (lease_ms or int(info["config"]["visibility_timeout_ms"])) / 1000
+        end = asyncio.get_running_loop().time() + held_s
+        for receipt in held:
+            sub.leased[receipt] = end
         await self.send({"op": "subscribed", "sub": name})
         sub.task = self.spawn(self.pump(sub))
 

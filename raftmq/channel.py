@@ -60,6 +60,8 @@ __all__ = ["Channel", "ChannelMessage"]
 log = logging.getLogger(__name__)
 
 PATH: Final = "/v1/channel"
+# Longest silence from the node before a ping; a pong must follow within half of
+# it or the connection is dropped and made again (at most the client's timeout).
 HEARTBEAT_S: Final = 15.0
 # Error codes another try of the same frame may not get (the frame is re-sent).
 RETRY_CODES: Final = frozenset(
@@ -104,6 +106,16 @@ class _Subscription:
     prefetch: int
     visibility_timeout: float | None
     inbox: asyncio.Queue[ChannelMessage | BaseException] = field(default_factory=asyncio.Queue)
+    # Receipts delivered to it whose ack or nack has not been answered, oldest first.
+    # A subscription made again after a reconnect names them ("held"), so that they
+    # count against its prefetch on the new connection too. Never more than prefetch:
+    # the node leases no more, so older ones have been settled or have expired.
+    held: dict[str, None] = field(default_factory=dict)
+
+    def hold(self, receipt: str) -> None:
+        self.held[receipt] = None
+        while len(self.held) > self.prefetch:
+            del self.held[next(iter(self.held))]
 
     def frame(self) -> dict[str, Any]:
         frame: dict[str, Any] = {
@@ -114,6 +126,8 @@ class _Subscription:
         }
         if self.visibility_timeout is not None:
             frame["visibility_timeout"] = self.visibility_timeout
+        if self.held:
+            frame["held"] = list(self.held)
         return frame
 
 
@@ -331,14 +345,18 @@ class Channel:
             try:
                 for _ in range(MAX_REDIRECTS + 1):
                     try:
-                        ws = await session.ws_connect(
-                            target,
-                            heartbeat=HEARTBEAT_S,
-                            max_msg_size=0,
-                            ssl=client._ssl() if target.startswith("https:") else True,
-                            timeout=aiohttp.ClientWSTimeout(ws_close=client._timeout),
-                            autoping=True,
-                        )
+                        # The handshake gets the client's timeout, as a request does: a
+                        # node that accepts the connection and then says nothing (stopped,
+                        # stalled) is left for the next one instead of being waited for.
+                        async with asyncio.timeout(client._timeout):
+                            ws = await session.ws_connect(
+                                target,
+                                heartbeat=min(HEARTBEAT_S, client._timeout),
+                                max_msg_size=0,
+                                ssl=client._ssl() if target.startswith("https:") else True,
+                                timeout=aiohttp.ClientWSTimeout(ws_close=client._timeout),
+                                autoping=True,
+                            )
                     except aiohttp.WSServerHandshakeError as e:
                         location = e.headers.get("Location") if e.headers else None
                         if e.status in (301, 302, 303, 307, 308) and location:
@@ -346,7 +364,11 @@ class Channel:
                             target = location
                             continue
                         raise self._handshake_error(target, e) from e
-                    client._preferred = _origin(target)
+                    # aiohttp follows a 307 itself: the node that upgraded is the
+                    # leader, the one to try first next time (its URL, not the follower's).
+                    response = getattr(ws, "_response", None)
+                    upgraded = str(response.url) if response is not None else target
+                    client._preferred = _origin(upgraded)
                     self._close_reason = ""
                     return ws
                 raise _too_many_redirects(attempts.url + PATH)
@@ -415,11 +437,20 @@ class Channel:
         elif op in ("confirm", "acked", "nacked"):
             request = self._requests.get(frame.get("seq"))  # type: ignore[arg-type]
             if request is not None and not request.future.done():
+                if op != "confirm":
+                    self._settled(request.frame)
                 request.future.set_result(frame)
         elif op == "error":
             self._on_error(frame)
         elif op not in ("subscribed", "cancelled"):
             log.debug("raftmq channel: unexpected frame %.200r", frame)
+
+    def _settled(self, frame: dict[str, Any]) -> None:
+        """An ack or nack was answered: its receipts no longer lease anything."""
+        for sub in self._subs.values():
+            if sub.queue == frame["queue"] and sub.held:
+                for receipt in frame["receipts"]:
+                    sub.held.pop(receipt, None)
 
     def _deliver(self, frame: dict[str, Any]) -> None:
         sub = self._subs.get(str(frame.get("sub")))
@@ -427,6 +458,7 @@ class Channel:
             return  # cancelled meanwhile: the leases expire
         for raw in frame.get("messages") or []:
             m = _decode_received(raw)
+            sub.hold(m.receipt)
             sub.inbox.put_nowait(
                 ChannelMessage(
                     sub.queue,

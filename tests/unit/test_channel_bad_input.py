@@ -73,3 +73,18 @@ async def test_cancel_needs_a_subscription_name(client: Client, sub: Any) -> Non
     await ws.send_json({"op": "cancel", "sub": name})
     assert await _recv(ws) == {"op": "cancelled", "sub": name}
     await ws.close()
+
+
+@pytest.mark.parametrize("held", ["1.t", [1], ["x" * 201], ["1.t", "2.t", "3.t"]])
+async def test_held_must_be_a_short_list_of_receipts(client: Client, held: Any) -> None:
+    """At most prefetch (2 here) strings: what a re-subscription still holds."""
+    assert (await client.put("/v1/queues/jobs", json={})).status == 201
+    ws = await client.ws_connect("/v1/channel")
+    frame = {"op": "subscribe", "sub": "s", "queue": "jobs", "prefetch": 2, "held": held}
+    await ws.send_json(frame)
+    reply = await _recv(ws)
+    assert reply["op"] == "error"
+    assert (reply["status"], reply["error"]["code"]) == (400, "invalid_request")
+    await ws.send_json({**frame, "held": ["1.t", "2.t"]})  # well formed: subscribed
+    assert await _recv(ws) == {"op": "subscribed", "sub": "s"}
+    await ws.close()
