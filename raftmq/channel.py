@@ -19,7 +19,9 @@ Use it through :meth:`raftmq.client.AsyncClient.channel`::
 * A consumer is re-subscribed after a reconnect. Messages delivered on the old
   connection and not acked come back when their lease expires (as in AMQP).
 * The channel gives up (every pending call raises :class:`Unavailable`) when no
-  leader accepts it within the client's ``retry_deadline``.
+  leader accepts it within the client's ``retry_deadline``; a call the node keeps
+  answering with a retryable error (``overloaded``, ``unknown_outcome``...) is
+  re-sent until that deadline, then raises :class:`Unavailable` on its own.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from raftmq.client import (
     _transport_retry,
     _wire_message,
 )
-from raftmq.errors import BadRequest, RaftMQError, Unauthorized
+from raftmq.errors import BadRequest, RaftMQError, Unauthorized, Unavailable
 
 __all__ = ["Channel", "ChannelMessage"]
 
@@ -97,6 +99,9 @@ class ChannelMessage:
 class _Request:
     frame: dict[str, Any]
     future: asyncio.Future[dict[str, Any]]
+    # Loop time of the first send: a frame answered only with retryable errors is
+    # re-sent until the client's retry_deadline has passed since, then fails.
+    sent_at: float
 
 
 @dataclass
@@ -260,8 +265,9 @@ class Channel:
         self._raise_if_failed()
         seq = next(self._seq)
         frame["seq"] = seq
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._requests[seq] = _Request(frame, future)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._requests[seq] = _Request(frame, future, loop.time())
         self._send(frame)
         try:
             return await future
@@ -490,7 +496,19 @@ class Channel:
         request = self._requests.get(frame.get("seq"))  # type: ignore[arg-type]
         if request is None:
             log.warning("raftmq channel: %s: %s", code, error.get("message"))
-        elif code in RETRY_CODES:
-            self._resend_later(request.frame)
-        elif not request.future.done():
+        elif request.future.done():
+            return
+        elif code not in RETRY_CODES:
             request.future.set_exception(exc)
+        elif asyncio.get_running_loop().time() - request.sent_at < self._client._retry_deadline:
+            self._resend_later(request.frame)
+        else:
+            request.future.set_exception(
+                Unavailable(
+                    f"the node answered only {code} for the client's retry_deadline "
+                    f"({self._client._retry_deadline:g} s): {error.get('message')}",
+                    code=code,
+                    status=status,
+                    last_error=exc,
+                )
+            )

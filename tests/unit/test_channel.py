@@ -10,10 +10,11 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 
+from cluster.errors import Overloaded
 from node.app import BODY_BUDGET, OPEN_CHANNELS, make_app
 from node.config import Limits
 from raftmq.client import AsyncClient
-from raftmq.errors import BadRequest, QueueNotFound
+from raftmq.errors import BadRequest, QueueNotFound, Unavailable
 from tests.unit.test_node_app import FakeRaft, node_config
 
 Client = TestClient[Any, Any]
@@ -282,6 +283,25 @@ async def test_client_channel_publishes_consumes_and_resends_after_a_reconnect(
                 break
         assert set(got) == {f"a{i}" for i in range(30)} | {f"b{i}" for i in range(30)}
     assert (await _queue(client))["total"] == 0
+
+
+async def test_a_publish_answered_only_overloaded_fails_at_the_retry_deadline(
+    client: Client, fake: FakeRaft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to be re-sent for as long as the node kept answering a retryable error."""
+    await _declare(client)
+
+    async def overloaded(command: dict[str, Any]) -> dict[str, Any]:
+        raise Overloaded("100 commands are waiting for Raft")
+
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, retry_deadline=0.5) as mq, mq.channel() as ch:
+        monkeypatch.setattr(fake, "propose", overloaded)
+        with pytest.raises(Unavailable) as failed:
+            await asyncio.wait_for(ch.publish("jobs", "x"), GUARD_S)
+        assert failed.value.code == "overloaded"
+        monkeypatch.undo()
+        assert await ch.publish("jobs", "y")  # the channel itself is still usable
 
 
 async def test_channel_ack_soon_acks_without_being_awaited(client: Client) -> None:
