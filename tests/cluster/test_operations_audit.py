@@ -238,6 +238,12 @@ def test_add_and_remove_nodes_under_load_as_the_readme_says(cluster: LocalTestCl
     view = json.loads(status.stdout)
     assert {m["id"] for m in view["members"]} == {n.node_id for n in rest}
     assert view["leader"]["id"] in {n.node_id for n in rest}
+    # As people read it: every line has a value (there is no last log index, and a
+    # digest only when asked for; both used to print "-").
+    human = ctl("--url", follower.url, "status").stdout
+    assert "log length" in human and "digest" not in human
+    values = [line.split()[-1] for line in human.splitlines()[:7] if line.strip()]
+    assert values and "-" not in values
 
 
 def test_backup_and_restore_keeps_queues_exchanges_bindings_and_streams(
