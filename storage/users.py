@@ -14,10 +14,10 @@ way on every replica.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import re
 from collections.abc import Callable
-from re import _constants, _parser
 from typing import Any, Final
 
 import lmdb
@@ -26,6 +26,10 @@ from storage import keys
 from storage.errors import InvalidCommand
 from storage.fields import Command, Result, name, string
 from storage.mutation import Dbs, Mutation
+
+# The regex parser's tree (private to re; stable within the pinned Python versions).
+_parser: Any = importlib.import_module("re._parser")
+_constants: Any = importlib.import_module("re._constants")
 
 KINDS: Final = ("configure", "write", "read")
 MAX_PATTERN_CHARS: Final = 1000
