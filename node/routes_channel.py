@@ -61,6 +61,7 @@ from node.validation import (
     receive_params,
     reject_unknown,
 )
+from storage import Store
 
 logger = logging.getLogger(__name__)
 
@@ -300,16 +301,21 @@ class _Channel:
             raise bad_request("held must be a list of at most prefetch receipts")
         if not all(isinstance(receipt, str) and len(receipt) <= 200 for receipt in held):
             raise bad_request("held must be a list of receipts")
-        info = self.raft.read(lambda store: store.get_queue(queue, now_ms()))
+        now = now_ms()
+
+        def look(store: Store) -> tuple[dict[str, Any] | None, dict[str, int]]:
+            return store.get_queue(queue, now), store.lease_deadlines(queue, held, now)
+
+        info, deadlines = self.raft.read(look)
         if info is None:
             raise from_result({"status": "not_found"}, queue)
         sub = self.subs[name] = _Sub(name, queue, prefetch, lease_ms)
         # Receipts the client still holds from an earlier connection count against
-        # prefetch until acked, nacked or at most a lease later (their leases end no later).
-        held_s = (lease_ms or int(info["config"]["visibility_timeout_ms"])) / 1000
-        end = asyncio.get_running_loop().time() + held_s
-        for receipt in held:
-            sub.leased[receipt] = end
+        # prefetch until acked or nacked, or until their lease ends; those whose lease
+        # already ended, or that were settled (an ack whose answer was lost), do not.
+        loop_now = asyncio.get_running_loop().time()
+        for receipt, deadline_ms in deadlines.items():
+            sub.leased[receipt] = loop_now + max(0, deadline_ms - now) / 1000
         await self.send({"op": "subscribed", "sub": name})
         sub.task = self.spawn(self.pump(sub))
 

@@ -19,7 +19,7 @@ from storage import keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
 from storage.mapped import mapped_ranges, release_mapped_pages
-from storage.mutation import Dbs, Mutation
+from storage.mutation import LEASED, Dbs, Mutation
 from storage.writeback import start_writeback
 
 T = TypeVar("T")
@@ -242,6 +242,32 @@ class Store:
             with txn.cursor(db=self._dbs.queues) as cursor:
                 records = [(key.decode(), keys.decode(value)) for key, value in cursor]
             return [self._view(txn, name, record, now) for name, record in records]
+
+    def lease_deadlines(self, name: str, receipts: list[str], now_ms: int) -> dict[str, int]:
+        """The receipts of `name` whose lease still holds at `now_ms`, with its deadline (ms)."""
+        if not keys.is_queue_name(name):
+            return {}
+        held: dict[str, int] = {}
+        with self._env.begin() as txn:
+            raw = txn.get(name.encode(), db=self._dbs.queues)
+            if raw is None:
+                return {}
+            prefix = keys.messages_prefix(name, keys.decode(raw))
+            now = self._now(txn, now_ms)
+            for receipt in receipts:
+                parsed = keys.parse_receipt(receipt)
+                if parsed is None:
+                    continue
+                stored = txn.get(keys.message_key(prefix, parsed[0]), db=self._dbs.messages)
+                message = None if stored is None else keys.decode(stored)
+                if (
+                    message is not None
+                    and message["state"] == LEASED
+                    and message["lease"] == parsed[1]
+                    and message["deadline"] > now
+                ):
+                    held[receipt] = int(message["deadline"])
+        return held
 
     def has_deliverable(self, name: str, now_ms: int) -> bool:
         """Cheap long-poll hint: a ready message or a timer already due (may be a dead letter)."""

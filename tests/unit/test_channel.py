@@ -105,6 +105,33 @@ async def _publish(client: Client, count: int, queue: str = "jobs") -> None:
     assert resp.status == 200
 
 
+async def test_only_receipts_still_leased_count_against_a_resubscription(
+    client: Client,
+) -> None:
+    """A re-subscription names what the client still holds ("held"); a receipt whose
+    ack committed (its answer lost) or whose lease ended gives its credit back at once."""
+    await _declare(client)
+    await _publish(client, 3)
+
+    async def lease_one() -> str:
+        resp = await client.post("/v1/queues/jobs/receive", json={"max": 1})
+        return str((await resp.json())["messages"][0]["receipt"])
+
+    still_leased, settled = await lease_one(), await lease_one()
+    acked = await client.post("/v1/queues/jobs/ack", json={"receipts": [settled]})
+    assert (await acked.json())["acked"] == 1
+    ws = await client.ws_connect("/v1/channel")
+    held = [still_leased, settled, "ffff.gone"]
+    await ws.send_json(
+        {"op": "subscribe", "sub": "s", "queue": "jobs", "prefetch": 3, "held": held}
+    )
+    assert await _recv(ws) == {"op": "subscribed", "sub": "s"}
+    frame = await _recv(ws)  # two credits of three are free: the third message comes now
+    assert frame["op"] == "deliver"
+    assert [m["body"] for m in frame["messages"]] == ["m2"]
+    await ws.close()
+
+
 async def test_credit_window_is_never_exceeded_and_acks_refill_it(client: Client) -> None:
     await _declare(client)
     await _publish(client, 20)
