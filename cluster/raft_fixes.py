@@ -8,9 +8,11 @@ methods, so they depend on the pinned pysyncobj version; each has a test.
 from collections.abc import Callable
 from typing import Any
 
-from pysyncobj import SyncObj
+import orjson
+from pysyncobj import FAIL_REASON, SyncObj
+from pysyncobj import pickle as pysyncobj_pickle
 from pysyncobj.monotonic import monotonic as monotonic_time
-from pysyncobj.syncobj import _RAFT_STATE
+from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 from cluster.journal import journal_of
 
@@ -354,3 +356,61 @@ class KeepPeerLinksAlive:
 
 
 KEEPALIVE = {"type": "keepalive"}
+
+
+# The only command a follower may hand to the leader (see LeaderRefusesForwardedCommands).
+FORWARDABLE_OPS = frozenset({"register_node"})
+
+
+class LeaderRefusesForwardedCommands:
+    """A command is appended only by the node the client asked, while it leads.
+
+    pysyncobj lets a follower hand a command to the leader (`apply_command`),
+    and a node that loses the leadership between a proposal and its next tick
+    does so with the proposals it still holds. Such a message can arrive much
+    later: a node cut off from the others sends it when the link heals. By then
+    the client was answered `no_leader` or timed out, retried on the new leader
+    and moved on; applied late, the old command undoes what came after it
+    (seen in a chaos run: a consumer group's committed offset went back from
+    870 to the 823 of a commit retried 3 s before). The leader now refuses
+    forwarded commands, answering as a node that does not lead; the proposal
+    fails with `no_leader` on the node that made it, definitely not applied,
+    and the client retries it. Only a node registering its own address (the
+    registration loop runs on followers too, and a registration says the same
+    thing whenever it lands) is still taken from a follower.
+    """
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if (
+            message.get("type") == "apply_command"
+            and self._SyncObj__raftState == _LEADER  # type: ignore[attr-defined]
+            and not _forwardable(message.get("command"))
+        ):
+            if "request_id" in message:
+                self._SyncObj__transport.send(  # type: ignore[attr-defined]
+                    node,
+                    {
+                        "type": "apply_command_response",
+                        "request_id": message["request_id"],
+                        "error": FAIL_REASON.NOT_LEADER,
+                    },
+                )
+            return
+        super()._SyncObj__onMessageReceived(node, message)  # type: ignore[misc]
+
+
+def _forwardable(command: object) -> bool:
+    """Whether a forwarded command is a batch of FORWARDABLE_OPS only (see above)."""
+    if not isinstance(command, bytes) or command[:1] != bytes((_COMMAND_TYPE.REGULAR,)):
+        return False
+    try:
+        call = pysyncobj_pickle.loads(command[1:])
+        payload = call[1][0]
+        commands = orjson.loads(payload)
+    except Exception:
+        return False
+    return (
+        isinstance(commands, list)
+        and bool(commands)
+        and all(isinstance(c, dict) and c.get("op") in FORWARDABLE_OPS for c in commands)
+    )

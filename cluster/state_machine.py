@@ -15,6 +15,7 @@ from cluster.raft_fixes import (
     CommitRidesOnNextMessage,
     KeepPeerLinksAlive,
     LeaderFlushesInParallel,
+    LeaderRefusesForwardedCommands,
     PipelinedReplication,
     PreVote,
     ReadBeforeElection,
@@ -71,6 +72,7 @@ def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> An
 
 
 class ReplicatedBroker(
+    LeaderRefusesForwardedCommands,
     KeepPeerLinksAlive,
     ReadBeforeElection,
     PreVote,
