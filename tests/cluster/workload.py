@@ -74,7 +74,12 @@ class ConsumerLog:
 
 
 def consume(urls: list[str], queue: str, log: ConsumerLog, stop: threading.Event) -> None:
-    """Receive and ack until told to stop, recording each delivery and each failed ack."""
+    """Receive and ack until told to stop, recording each delivery and each failed ack.
+
+    An ack that fails, or that answers a receipt as stale (its lease ended before
+    the ack was applied: a node stopping holds requests for a few seconds), leaves
+    the message to be delivered again: both count as redeliverable.
+    """
     with Client(urls, retry_deadline=30.0) as client:
         while not stop.is_set():
             try:
@@ -86,10 +91,15 @@ def consume(urls: list[str], queue: str, log: ConsumerLog, stop: threading.Event
             if not batch:
                 continue
             try:
-                client.ack(queue, [m.receipt for m in batch])
+                result = client.ack(queue, [m.receipt for m in batch])
             except RaftMQError:
                 with log.lock:
                     log.ack_failed.update(m.id for m in batch)
+                continue
+            if result.stale:
+                stale = set(result.stale)
+                with log.lock:
+                    log.ack_failed.update(m.id for m in batch if m.receipt in stale)
 
 
 def assert_none_lost(
