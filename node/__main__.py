@@ -14,6 +14,7 @@ import sys
 import uvloop
 from aiohttp import web
 
+from cluster.errors import ClusterError
 from cluster.raft_node import RaftNode
 from cluster.snapshot import restore_backup
 from node import logs
@@ -26,6 +27,8 @@ logger = logging.getLogger("raftmq.node")
 
 # Time in-flight requests get to finish after SIGTERM.
 SHUTDOWN_GRACE_S = 5.0
+# A stopping leader waits this long at most for a follower to take over.
+HANDOVER_WAIT_S = 2.0
 # After refusing a body (413, 408), the rest of it is read and dropped for this
 # long before the connection is closed, so the client sees the answer, not a reset.
 LINGER_S = 2.0
@@ -93,12 +96,28 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
+        await _hand_over_leadership(raft)
         logger.info("stopping: finishing in-flight requests")
     finally:
         await runner.cleanup()
         logs.TERM.set(None)
         raft.close()
         logger.info("node %s stopped", config.node_id)
+
+
+async def _hand_over_leadership(raft: RaftNode) -> None:
+    """A leader that is stopping hands the leadership over first.
+
+    Otherwise it stays the leader while it finishes its in-flight requests (up
+    to SHUTDOWN_GRACE_S) and takes no new ones: writes would stop for those
+    seconds, until it exits and the others' election timeout passes.
+    """
+    if not raft.is_leader() or len(raft.members()) < 2:
+        return
+    try:
+        await raft.transfer_leadership(wait_s=HANDOVER_WAIT_S)
+    except (ClusterError, TimeoutError) as exc:
+        logger.warning("stopping without handing the leadership over: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

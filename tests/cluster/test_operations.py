@@ -1,5 +1,6 @@
 """Operations on a live cluster: rolling restart, backup and restore."""
 
+import contextlib
 import functools
 import signal
 import threading
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from raftmq import Client
 from tests.cluster.conftest import ClusterFactory
-from tests.cluster.harness import LocalTestCluster, NodeProc, ctl, wait_for
+from tests.cluster.harness import LocalTestCluster, NodeProc, ctl, request, scrape, wait_for
 from tests.cluster.workload import (
     ConsumerLog,
     ProducerLog,
@@ -16,6 +17,45 @@ from tests.cluster.workload import (
     drain,
     produce,
 )
+
+
+def test_a_stopping_leader_hands_over_before_it_drains(cluster: LocalTestCluster) -> None:
+    """SIGTERM: the leader hands the leadership over, then finishes its requests.
+
+    A long poll parked on it keeps it draining for the whole grace period; it used
+    to stay the leader meanwhile, taking no new requests, so writes stopped until
+    it exited and an election followed.
+    """
+    leader = cluster.wait_leader()
+    with Client([leader.url]) as client:
+        client.declare_queue("handover")
+
+    def park() -> None:
+        # Its answer does not matter (the node may close it when it stops).
+        with contextlib.suppress(OSError):
+            request(
+                "POST",
+                f"{leader.url}/v1/queues/handover/receive",
+                {"max": 1, "wait": 20},
+                timeout_s=30.0,
+            )
+
+    parked = threading.Thread(target=park)
+    parked.start()
+    try:
+        wait_for(lambda: scrape(leader.url)["raftmq_long_polls_waiting"] >= 1, 10, "the long poll")
+        assert leader.process is not None
+        leader.process.send_signal(signal.SIGTERM)
+        others = [n for n in cluster.nodes if n is not leader]
+
+        def another_leads() -> NodeProc | None:
+            return next((n for n in others if cluster.status(n)["role"] == "leader"), None)
+
+        wait_for(another_leads, 10, "another node to lead")
+        assert leader.alive, "the old leader exited before anyone took over"
+        assert leader.process.wait(timeout=30) == 0
+    finally:
+        parked.join(timeout=30)
 
 
 def test_rolling_restart_under_load_loses_nothing(cluster: LocalTestCluster) -> None:
