@@ -97,6 +97,9 @@ class StorageGuard:
         self._capacity_bytes = capacity_bytes
         self._min_free_disk_bytes = min_free_disk_bytes
         self._proposed_since = 0
+        # Bytes that may be proposed after the last look before a limit is
+        # projected to be crossed: the proposer's check is one comparison.
+        self._room = 0.0
         self.use = StorageUse(0, capacity_bytes, 0, None)
         self.refresh()
 
@@ -107,7 +110,7 @@ class StorageGuard:
     def full(self) -> str | None:
         """Why growing commands are refused now, or None (event loop)."""
         use = self.use
-        if use.full is not None or not self._proposed_since:
+        if use.full is not None or self._proposed_since <= self._room:
             return use.full
         # Each proposed byte lands in the journal once and in the store about
         # STORE_BYTES_PER_PROPOSED times (records, index keys, page slack).
@@ -136,4 +139,10 @@ class StorageGuard:
             else:
                 logger.warning("storage alarm cleared: publishes and appends accepted again")
         self.use = use
+        # assess() of the projection in full(), solved for the bytes proposed.
+        k = STORE_BYTES_PER_PROPOSED
+        self._room = min(
+            (STORE_FULL_RATIO * use.capacity_bytes - use.live_bytes) / k,
+            (use.disk_free_bytes - self._min_free_disk_bytes - use.live_bytes) / (2 * k + 1),
+        )
         return use

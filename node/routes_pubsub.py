@@ -69,7 +69,7 @@ def _read(request: web.Request, fn: Callable[[Any, Dbs], T]) -> T:
     return request.app[RAFT].read(lambda store: store.view(fn))
 
 
-class _ReadBarrier:
+async def _read_barrier(raft: RaftPort) -> None:
     """Makes a leader's read linearizable: a no-op through the log after the read arrived.
 
     Being the leader by its own account is not enough: a leader cut off from
@@ -82,11 +82,9 @@ class _ReadBarrier:
     the next entry with whatever else is proposed meanwhile, so under load it
     costs no entry of its own, only the wait for the next one.
     """
-
-    async def ensure(self, raft: RaftPort) -> None:
-        result = await raft.propose_as_leader({"op": "read_barrier", "now_ms": now_ms()})
-        if result.get("status") != "ok":
-            raise _raise(result, "")
+    result = await raft.propose_as_leader({"op": "read_barrier", "now_ms": now_ms()})
+    if result.get("status") != "ok":
+        raise _raise(result, "")
 
 
 # -- exchanges ------------------------------------------------------------------
@@ -365,72 +363,67 @@ def _query_seconds(query: Mapping[str, str], key: str, high: float) -> float:
     return value
 
 
-class _Streams:
-    """Handlers that read on the leader; they share one read barrier per app."""
-
-    def __init__(self) -> None:
-        self.barrier = _ReadBarrier()
-
-    async def read_records(self, request: web.Request) -> web.Response:
-        stream = _name(request, "stream")
-        raft = request.app[RAFT]
-        raft.require_leader()
-        limits = request.app[CONFIG].limits
-        query = request.query
-        reject_unknown(dict(query), {"offset", "group", "max", "wait"})
-        offset = _query_int(query, "offset", 0, (1 << 53) - 1)
-        group = query.get("group")
-        if group is not None:
-            check_name(group, "group")
-            if offset is not None:
-                raise bad_request("give either offset or group, not both")
-        limit = _query_int(query, "max", 1, limits.max_receive) or DEFAULT_READ_MAX
-        wait_s = _query_seconds(query, "wait", limits.max_wait_s)
-        waiters = request.app[WAITERS]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        await self.barrier.ensure(raft)
-        read = functools.partial(
-            streams.read_records,
-            stream=stream,
-            offset=offset,
-            group=group,
-            limit=limit,
-            max_bytes=READ_MAX_BYTES,
-        )
-        while True:
-            event = waiters.event(stream_wait_key(stream))
-            batch = _read(request, read)
-            if batch is None:
-                raise _stream_missing(stream)
-            remaining = deadline - loop.time()
-            if batch["records"] or remaining <= 0:
-                return json_response(batch)
-            if waiters.full:
-                raise ApiError(
-                    503,
-                    "too_many_waiters",
-                    "too many long polls on this node",
-                    {"Retry-After": "1"},
-                )
-            await waiters.wait(event, min(remaining, 1.0))
-            raft.require_leader()
-
-    async def get_group(self, request: web.Request) -> web.Response:
-        stream = _name(request, "stream")
-        group = _name(request, "group")
-        raft = request.app[RAFT]
-        await self.barrier.ensure(raft)
-
-        def view(txn: Any, dbs: Any) -> int | None:
-            if streams.get_stream(txn, dbs, stream) is None:
-                return None
-            return streams.group_offset(txn, dbs, stream, group)
-
-        offset = _read(request, view)
-        if offset is None:
+async def read_records(request: web.Request) -> web.Response:
+    stream = _name(request, "stream")
+    raft = request.app[RAFT]
+    raft.require_leader()
+    limits = request.app[CONFIG].limits
+    query = request.query
+    reject_unknown(dict(query), {"offset", "group", "max", "wait"})
+    offset = _query_int(query, "offset", 0, (1 << 53) - 1)
+    group = query.get("group")
+    if group is not None:
+        check_name(group, "group")
+        if offset is not None:
+            raise bad_request("give either offset or group, not both")
+    limit = _query_int(query, "max", 1, limits.max_receive) or DEFAULT_READ_MAX
+    wait_s = _query_seconds(query, "wait", limits.max_wait_s)
+    waiters = request.app[WAITERS]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    await _read_barrier(raft)
+    read = functools.partial(
+        streams.read_records,
+        stream=stream,
+        offset=offset,
+        group=group,
+        limit=limit,
+        max_bytes=READ_MAX_BYTES,
+    )
+    while True:
+        event = waiters.event(stream_wait_key(stream))
+        batch = _read(request, read)
+        if batch is None:
             raise _stream_missing(stream)
-        return json_response({"stream": stream, "group": group, "offset": offset})
+        remaining = deadline - loop.time()
+        if batch["records"] or remaining <= 0:
+            return json_response(batch)
+        if waiters.full:
+            raise ApiError(
+                503,
+                "too_many_waiters",
+                "too many long polls on this node",
+                {"Retry-After": "1"},
+            )
+        await waiters.wait(event, min(remaining, 1.0))
+        raft.require_leader()
+
+
+async def get_group(request: web.Request) -> web.Response:
+    stream = _name(request, "stream")
+    group = _name(request, "group")
+    raft = request.app[RAFT]
+    await _read_barrier(raft)
+
+    def view(txn: Any, dbs: Any) -> int | None:
+        if streams.get_stream(txn, dbs, stream) is None:
+            return None
+        return streams.group_offset(txn, dbs, stream, group)
+
+    offset = _read(request, view)
+    if offset is None:
+        raise _stream_missing(stream)
+    return json_response({"stream": stream, "group": group, "offset": offset})
 
 
 async def commit_offset(request: web.Request) -> web.Response:
@@ -450,7 +443,6 @@ async def commit_offset(request: web.Request) -> web.Response:
 
 
 def routes() -> list[web.RouteDef]:
-    reads = _Streams()
     return [
         web.get("/v1/exchanges", list_exchanges),
         web.put("/v1/exchanges/{exchange}", declare_exchange),
@@ -464,7 +456,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/streams/{stream}", get_stream),
         web.delete("/v1/streams/{stream}", delete_stream),
         web.post("/v1/streams/{stream}/records", append_records),
-        web.get("/v1/streams/{stream}/records", reads.read_records),
-        web.get("/v1/streams/{stream}/groups/{group}", reads.get_group),
+        web.get("/v1/streams/{stream}/records", read_records),
+        web.get("/v1/streams/{stream}/groups/{group}", get_group),
         web.put("/v1/streams/{stream}/groups/{group}", commit_offset),
     ]

@@ -132,6 +132,13 @@ class QueueState:
         return self.counters["total"]
 
 
+def lease_holds(message: Message, token: str, now: int) -> bool:
+    """Whether `token` still leases `message` at `now`: a lease ends at its deadline."""
+    return bool(
+        message["state"] == LEASED and message["lease"] == token and message["deadline"] > now
+    )
+
+
 class Mutation:
     """Applies one command's changes to `txn` at effective time `now`."""
 
@@ -312,12 +319,7 @@ class Mutation:
         q.add("delivered_total", 1)
 
     def holds_lease(self, message: Message, token: str) -> bool:
-        """Whether `token` still leases `message`: a lease ends at its deadline."""
-        return bool(
-            message["state"] == LEASED
-            and message["lease"] == token
-            and message["deadline"] > self.now
-        )
+        return lease_holds(message, token, self.now)
 
     def promote_due(self, q: QueueState, limit: int) -> None:
         """Make ready the messages whose delay or lease ended, earliest first, at most `limit`."""

@@ -19,7 +19,7 @@ from storage import keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
 from storage.mapped import mapped_ranges, release_mapped_pages
-from storage.mutation import LEASED, Dbs, Mutation
+from storage.mutation import Dbs, Mutation, lease_holds
 from storage.writeback import start_writeback
 
 T = TypeVar("T")
@@ -260,12 +260,7 @@ class Store:
                     continue
                 stored = txn.get(keys.message_key(prefix, parsed[0]), db=self._dbs.messages)
                 message = None if stored is None else keys.decode(stored)
-                if (
-                    message is not None
-                    and message["state"] == LEASED
-                    and message["lease"] == parsed[1]
-                    and message["deadline"] > now
-                ):
+                if message is not None and lease_holds(message, parsed[1], now):
                     held[receipt] = int(message["deadline"])
         return held
 
