@@ -87,6 +87,34 @@ class LeaderFlushesInParallel:
         self._flush_own_journal()
 
 
+class AcknowledgeOncePerTick:
+    """A follower fdatasyncs once per tick, not once per append-entries it answers.
+
+    Each `next_node_idx` answer must leave only after the entries it covers are
+    durable (cluster.transport.FlushingTransport). Answered one by one, the
+    append-entries that arrived together in one poll each cost an fdatasync,
+    and under load the follower spends its time waiting for the disk: with
+    three nodes on one disk a W3 run had followers 74 % of their busy time in
+    fdatasync, each taking about a millisecond while the next entries queued
+    behind it. The tick's answers are therefore held while it runs and sent
+    when it ends, after one fdatasync that covers them all. Nothing leaves
+    earlier than before relative to its own durability; the first answer of a
+    tick waits only for the rest of that tick's poll.
+    """
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        transport = self._SyncObj__transport  # type: ignore[attr-defined]
+        hold = getattr(transport, "hold_acknowledgements", None)
+        if hold is None:
+            super()._onTick(timeToWait)  # type: ignore[misc]
+            return
+        hold()
+        try:
+            super()._onTick(timeToWait)  # type: ignore[misc]
+        finally:
+            transport.release_acknowledgements()
+
+
 class CommitRidesOnNextMessage:
     """No extra append-entries round just to tell followers a new commit index.
 

@@ -12,6 +12,7 @@ from pysyncobj.syncobj import _RAFT_STATE
 
 from cluster.journal import install_journal, journal_of
 from cluster.raft_fixes import (
+    AcknowledgeOncePerTick,
     CommitRidesOnNextMessage,
     KeepPeerLinksAlive,
     LeaderFlushesInParallel,
@@ -72,6 +73,7 @@ def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> An
 
 
 class ReplicatedBroker(
+    AcknowledgeOncePerTick,
     LeaderRefusesForwardedCommands,
     KeepPeerLinksAlive,
     ReadBeforeElection,

@@ -37,7 +37,11 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException, repli
 from pysyncobj.journal import MemoryJournal
 
 from cluster.journal import DurableJournal, install_journal, journal_of, load_meta
-from cluster.raft_fixes import CommitRidesOnNextMessage, LeaderFlushesInParallel
+from cluster.raft_fixes import (
+    AcknowledgeOncePerTick,
+    CommitRidesOnNextMessage,
+    LeaderFlushesInParallel,
+)
 from cluster.transport import FlushingTransport
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -260,7 +264,7 @@ def start_cluster(
     clusters: list[list[CounterNode]] = []
 
     def start(
-        transport: type[Any], node_class: type[CounterNode] = CounterNode
+        transport: type[Any], node_class: type[CounterNode] = CounterNode, **conf: Any
     ) -> list[CounterNode]:
         for attempt in range(5):
             ports = free_ports(3)
@@ -270,7 +274,7 @@ def start_cluster(
             nodes: list[CounterNode] = []
             try:
                 for i, addr in enumerate(addrs):
-                    conf = SyncObjConf(
+                    node_conf = SyncObjConf(
                         journalFile=str(workdir / f"node{i}.journal"),
                         bindAddress=addr,
                         maxBindRetries=1,
@@ -281,8 +285,9 @@ def start_cluster(
                         connectionTimeout=2.0,
                         connectionRetryTime=0.1,
                         leaderFallbackTimeout=2.0,
+                        **conf,
                     )
-                    node = node_class(addr, [a for a in addrs if a != addr], conf, transport)
+                    node = node_class(addr, [a for a in addrs if a != addr], node_conf, transport)
                     node.checker = checker
                     nodes.append(node)
                     nodes[-1].waitBinded()
@@ -401,6 +406,52 @@ def test_checker_catches_a_transport_that_does_not_flush(
     assert any("next_node_idx: acks" in v for v in checker.violations), checker.violations
 
 
+class OncePerTickNode(AcknowledgeOncePerTick, ParallelFlushNode):
+    """As ReplicatedBroker: followers answer a tick's append-entries after one fdatasync."""
+
+
+def follower_syncs_for_a_burst(nodes: list[CounterNode], commands: int) -> list[int]:
+    """Fires ``commands`` increments at the leader at once; each follower's fdatasync count.
+
+    Unbatched pysyncobj sends one append-entries per command, so the followers
+    receive the burst as that many messages, several per poll.
+    """
+    run_increments(nodes, per_node=1)
+    leader = next(n for n in nodes if n._isLeader())
+    followers = [n for n in nodes if n is not leader]
+    journals = [journal_of(n) for n in followers]
+    before = [j.sync_count for j in journals if j is not None]
+    run_increments(nodes, per_node=commands, expect_total=3 + commands, through=[leader])
+    return [j.sync_count - b for j, b in zip(journals, before, strict=True) if j is not None]
+
+
+@pytest.mark.timeout(90)
+def test_followers_store_a_burst_with_one_fdatasync_per_tick(
+    start_cluster: StartCluster, checker: DurabilityChecker
+) -> None:
+    nodes = start_cluster(
+        recording_transport(checker, flush=True), OncePerTickNode, appendEntriesUseBatch=False
+    )
+    syncs = follower_syncs_for_a_burst(nodes, 200)
+
+    assert checker.violations == []  # every answer still left after its entries' fdatasync
+    assert all(count < 100 for count in syncs), syncs  # 5-20 measured for 200 entries
+
+
+@pytest.mark.timeout(90)
+def test_followers_answering_one_by_one_sync_once_per_message(
+    start_cluster: StartCluster, checker: DurabilityChecker
+) -> None:
+    nodes = start_cluster(
+        recording_transport(checker, flush=True), ParallelFlushNode, appendEntriesUseBatch=False
+    )
+    syncs = follower_syncs_for_a_burst(nodes, 200)
+
+    # The negative control of the test above: one fdatasync per append-entries.
+    assert checker.violations == []
+    assert all(count >= 150 for count in syncs), syncs
+
+
 # -- the transport in isolation -------------------------------------------------------
 
 
@@ -447,6 +498,75 @@ def test_send_flushes_a_dirty_journal_before_sending(
             "fdatasync",
             "send next_node_idx",
         ]
+    finally:
+        transport.destroy()
+        journal.close()
+
+
+def test_held_acknowledgements_leave_in_order_after_one_fdatasync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+
+    def syncer(fd: int) -> None:
+        os.fdatasync(fd)
+        events.append("fdatasync")
+
+    def tcp_send(self: Any, node: Any, message: Any) -> bool:
+        events.append(f"send {message['type']} {message.get('n', '')}".rstrip())
+        return False
+
+    monkeypatch.setattr(pysyncobj.transport.TCPTransport, "send", tcp_send)
+    journal = DurableJournal(str(tmp_path / "j"), syncer=syncer)
+    transport = FlushingTransport(FakeSyncObj(journal.path, journal), None, [])
+    try:
+        transport.hold_acknowledgements()
+        for n in (1, 2, 3):
+            journal.add(b"x", n, 1)
+            transport.send(object(), {"type": "next_node_idx", "n": n})
+        assert events == []  # nothing left, nothing synced yet
+        transport.release_acknowledgements()
+        assert events == [
+            "fdatasync",
+            "send next_node_idx 1",
+            "send next_node_idx 2",
+            "send next_node_idx 3",
+        ]
+
+        # Another message sent while answers are held goes out after them.
+        events.clear()
+        transport.hold_acknowledgements()
+        journal.add(b"x", 4, 1)
+        transport.send(object(), {"type": "next_node_idx", "n": 4})
+        transport.send(object(), {"type": "response_vote"})
+        transport.release_acknowledgements()
+        assert events == ["fdatasync", "send next_node_idx 4", "send response_vote"]
+    finally:
+        transport.destroy()
+        journal.close()
+
+
+def test_held_acknowledgements_are_dropped_when_the_fdatasync_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[Any] = []
+    monkeypatch.setattr(
+        pysyncobj.transport.TCPTransport, "send", lambda self, node, msg: sent.append(msg)
+    )
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "EIO")
+
+    journal = DurableJournal(str(tmp_path / "j"), syncer=failing)
+    transport = FlushingTransport(FakeSyncObj(journal.path, journal), None, [])
+    try:
+        transport.hold_acknowledgements()
+        journal.add(b"a", 1, 1)
+        transport.send(object(), {"type": "next_node_idx"})
+        with pytest.raises(OSError):
+            transport.release_acknowledgements()
+        transport.release_acknowledgements()  # nothing is left to send
+        assert sent == []
     finally:
         transport.destroy()
         journal.close()
