@@ -685,7 +685,7 @@ def _consumer_main(argv: list[str]) -> int:
     p.add_argument("--linger-ms", type=float, default=Params.linger_ms)
     p.add_argument("--receivers", type=int, default=Params.receivers)
     p.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
-    p.add_argument("--transport", choices=["http", "ws"], default="http")
+    p.add_argument("--transport", choices=["http", "ws"], default=Params.transport)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     peer = RaftMQ(

@@ -74,7 +74,7 @@ class Params:
     linger_ms: float = 1.0
     receivers: int = 1
     loop: str = "asyncio"
-    transport: str = "http"  # or "ws": the WebSocket channel
+    transport: str = "ws"  # or "http": one request per publish, long-polling consumers
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -183,6 +183,8 @@ def test_url_mode_runs_w1_w2_and_skips_w4(
         [
             "--url",
             node.url,
+            "--transport",
+            "http",  # the in-process fake serves the HTTP API, not the channel
             "--workloads",
             "W1,W2,W4",
             "--n",

@@ -84,6 +84,7 @@ def test_bench_w1_w2_on_its_own_cluster_writes_valid_json(tmp_path: Path) -> Non
     assert results["peer"] == "raftmq"
     assert {"params", "facts", "reps", "summary"} <= set(results)
     assert results["params"]["n"] == 500
+    assert results["params"]["transport"] == "ws"  # the default: one channel per client
     assert results["facts"]["fsync"] == "always" and results["facts"]["nodes"] == 3
     (rep,) = results["reps"]
     assert set(rep) == {"w1", "w2"}
