@@ -75,9 +75,9 @@ class Proposer:
         if self._waiting >= self._max_pending:
             raise Overloaded(f"{self._waiting} commands are waiting for Raft")
         if self.storage is not None and command.get("op") in GROWING_OPS:
-            full = self.storage.full()
-            if full is not None:
-                raise StorageFull(full)
+            refused = self.storage.admit(len(orjson.dumps(command)))
+            if refused is not None:
+                raise StorageFull(refused)
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending.append((command, future))
         self._waiting += 1
@@ -111,8 +111,6 @@ class Proposer:
             batch = batch + extra
         futures = [future for _, future in batch]
         payload = orjson.dumps([command for command, _ in batch])
-        if self.storage is not None:
-            self.storage.grew(len(payload))
 
         def on_result(result: Any, error: int) -> None:
             self._loop.call_soon_threadsafe(self._resolve, futures, result, error)

@@ -50,25 +50,31 @@ def assess(
     min_free_disk_bytes: int,
     *,
     was_full: bool = False,
+    projected: str | None = None,
 ) -> StorageUse:
     """The alarm rule: the store over STORE_FULL_RATIO of its map, or too little disk.
 
     "Too little disk" is less than --min-free-disk plus the store's live size:
     the next snapshot writes a copy of the store before the old one is removed.
-    A store that was full stays full down to STORE_ROOM_RATIO.
+    A store that was full stays full down to STORE_ROOM_RATIO. With
+    ``projected`` (what the figures include besides the last look, e.g. "with
+    this write and those accepted since the last look") the sentence says the
+    store *would* hold them.
     """
     mib = 1 << 20
     full: str | None = None
     ratio = STORE_ROOM_RATIO if was_full else STORE_FULL_RATIO
+    holds = "holds" if projected is None else f"would hold, {projected},"
     if live_bytes > ratio * capacity_bytes:
         full = (
-            f"the store holds {live_bytes // mib} MiB, over {ratio:.0%} of its "
+            f"the store {holds} {live_bytes // mib} MiB, over {ratio:.0%} of its "
             f"{capacity_bytes // mib} MiB (--store-max-bytes); consume, purge or delete "
             "messages to make room"
         )
     elif disk_free_bytes < min_free_disk_bytes + live_bytes:
+        has = "has" if projected is None else f"would have, {projected},"
         full = (
-            f"the data directory's disk has {disk_free_bytes // mib} MiB free, less than "
+            f"the data directory's disk {has} {disk_free_bytes // mib} MiB free, less than "
             f"--min-free-disk ({min_free_disk_bytes // mib} MiB) plus room for a snapshot "
             f"of the store ({live_bytes // mib} MiB); free disk space, or consume, purge "
             "or delete messages"
@@ -80,9 +86,14 @@ class StorageGuard:
     """This node's latest StorageUse, refreshed by whoever calls `refresh` (every second).
 
     `refresh` runs on the event loop: the store's page counts and a statvfs
-    take tens of microseconds. Between two looks the proposer reports the
-    bytes it proposes (`grew`), and `full` projects them onto the last look,
-    so a burst of publishes cannot run past the limits within one period.
+    take tens of microseconds. Between two looks the proposer asks before each
+    growing command (`admit`), and the bytes admitted, that command's
+    included, are projected onto the last look, so neither a burst of
+    publishes nor one large request can run past the limits within one period.
+    A write too large for the room the last look left is refused alone; one
+    that would fit but finds the room used up by those admitted before it
+    starts the alarm, which the next look keeps (down to STORE_ROOM_RATIO) or
+    ends.
     """
 
     def __init__(
@@ -96,36 +107,56 @@ class StorageGuard:
         self._data_dir = data_dir
         self._capacity_bytes = capacity_bytes
         self._min_free_disk_bytes = min_free_disk_bytes
-        self._proposed_since = 0
-        # Bytes that may be proposed after the last look before a limit is
+        self._admitted_since = 0
+        # Bytes that may be admitted after the last look before a limit is
         # projected to be crossed: the proposer's check is one comparison.
         self._room = 0.0
+        self._room_used_up: str | None = None  # the projection that started the alarm
+        self._alarmed = False  # the alarm's start was logged and its end not yet
         self.use = StorageUse(0, capacity_bytes, 0, None)
         self.refresh()
 
-    def grew(self, proposed_bytes: int) -> None:
-        """The proposer proposed an entry of this size (event loop)."""
-        self._proposed_since += proposed_bytes
+    def admit(self, command_bytes: int) -> str | None:
+        """Counts a growing command of this (serialized) size, or says why it is refused."""
+        reason = self.full()
+        if reason is None:
+            total = self._admitted_since + command_bytes
+            if total <= self._room:
+                self._admitted_since = total
+                return None
+            reason = self._projected(total)
+            if reason is None:
+                self._admitted_since = total
+                return None
+            if command_bytes > self._room:
+                return f"a write of {max(1, command_bytes >> 10)} KiB does not fit: {reason}"
+            self._room_used_up = reason
+        if not self._alarmed:
+            self._alarmed = True
+            logger.warning("storage alarm: publishes and appends refused: %s", reason)
+        return reason
 
     def full(self) -> str | None:
         """Why growing commands are refused now, or None (event loop)."""
-        use = self.use
-        if use.full is not None or self._proposed_since <= self._room:
-            return use.full
-        # Each proposed byte lands in the journal once and in the store about
+        return self.use.full or self._room_used_up
+
+    def _projected(self, admitted: int) -> str | None:
+        # Each admitted byte lands in the journal once and in the store about
         # STORE_BYTES_PER_PROPOSED times (records, index keys, page slack).
-        grown = self._proposed_since * STORE_BYTES_PER_PROPOSED
-        projected = assess(
+        use = self.use
+        grown = admitted * STORE_BYTES_PER_PROPOSED
+        return assess(
             use.live_bytes + grown,
             use.capacity_bytes,
-            use.disk_free_bytes - grown - self._proposed_since,
+            use.disk_free_bytes - grown - admitted,
             self._min_free_disk_bytes,
-        )
-        return projected.full
+            projected="with the writes accepted since the last look and this one",
+        ).full
 
     def refresh(self) -> StorageUse:
         was_full = self.full() is not None
-        self._proposed_since = 0
+        self._admitted_since = 0
+        self._room_used_up = None
         use = assess(
             self._live_bytes(),
             self._capacity_bytes,
@@ -133,13 +164,13 @@ class StorageGuard:
             self._min_free_disk_bytes,
             was_full=was_full,
         )
-        if (use.full is not None) != was_full:
-            if use.full is not None:
-                logger.warning("storage alarm: publishes and appends refused: %s", use.full)
-            else:
-                logger.warning("storage alarm cleared: publishes and appends accepted again")
+        if use.full is not None and not self._alarmed:
+            logger.warning("storage alarm: publishes and appends refused: %s", use.full)
+        elif use.full is None and self._alarmed:
+            logger.warning("storage alarm cleared: publishes and appends accepted again")
+        self._alarmed = use.full is not None
         self.use = use
-        # assess() of the projection in full(), solved for the bytes proposed.
+        # assess() of the projection in admit(), solved for the bytes admitted.
         k = STORE_BYTES_PER_PROPOSED
         self._room = min(
             (STORE_FULL_RATIO * use.capacity_bytes - use.live_bytes) / k,

@@ -569,8 +569,9 @@ def _error_responses() -> dict[str, Schema]:
         ),
         "StorageFull": response(
             "`storage_full`: the leader's store is over 90% of `--store-max-bytes`, or its "
-            "disk has less free than `--min-free-disk-bytes` plus the store's live size. "
-            "Receives, acks, purges and deletes are still served and make room.",
+            "disk has less free than `--min-free-disk-bytes` plus the store's live size, "
+            "or this write would take it there (a write that does not fit is refused "
+            "alone). Receives, acks, purges and deletes are still served and make room.",
             retry_after,
         ),
         "Internal": response("`internal`: the message names a request id found in the node log."),

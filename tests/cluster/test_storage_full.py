@@ -6,6 +6,7 @@ again, and the cluster stays down with the messages that would empty it.
 """
 
 import base64
+import functools
 
 import pytest
 
@@ -15,7 +16,9 @@ from tests.cluster.harness import LocalTestCluster, NodeProc, request, scrape, w
 
 CAPACITY = 16 << 20  # --store-max-bytes: full above 90 %, ≈ 14 MiB
 BATCH = 100
-MAX_BATCHES = 200  # 20,000 messages of 1 KiB: well past the capacity, a bound on the test
+LARGE_BODY = bytes(700 << 10)  # 933 KiB as base64, under the 1 MiB body limit
+LARGE_PER_REQUEST = 9  # 8.2 MiB a request
+LARGE_CAPACITY = 32 << 20
 
 
 @pytest.mark.timeout(180)
@@ -37,15 +40,28 @@ def _fill_refuse_and_drain(cluster: LocalTestCluster, leader: NodeProc, client: 
     client.declare_queue("fill")
     body = bytes(1024)
     confirmed: list[str] = []
-    refusal: StorageFull | None = None
-    for batch in range(MAX_BATCHES):
+    refusals: list[StorageFull] = []
+    batches = iter(range(1_000_000))
+
+    def publish_until_the_alarm() -> bool:
+        """One batch; True once refused by an alarm that the store's own size keeps on.
+
+        Between two looks the bytes admitted are projected onto the last one (an
+        upper bound), and a refusal may come from that projection; the next look
+        ends such an alarm while the store is under the lower ratio (85 %).
+        """
+        batch = next(batches)
         messages = [Message(body=body, id=f"m{batch}-{i}") for i in range(BATCH)]
         try:
             confirmed.extend(client.publish_batch("fill", messages))
         except StorageFull as exc:
-            refusal = exc
-            break
-    assert refusal is not None, "the store never reported full"
+            refusals.append(exc)
+            storage = request("GET", f"{leader.url}/v1/cluster").body["storage"]
+            return storage["full"] is not None and storage["live_bytes"] > 0.85 * CAPACITY
+        return False
+
+    wait_for(publish_until_the_alarm, timeout_s=120.0, what="the storage alarm")
+    refusal = refusals[-1]
     assert refusal.status == 507 and refusal.code == "storage_full"
     assert "--store-max-bytes" in str(refusal)
 
@@ -80,3 +96,64 @@ def _fill_refuse_and_drain(cluster: LocalTestCluster, leader: NodeProc, client: 
     assert request("GET", f"{leader.url}/v1/cluster").body["storage"]["full"] is None
     assert all(node.alive for node in cluster.members)
     cluster.wait_converged()
+
+
+@pytest.mark.timeout(180)
+def test_large_writes_never_take_the_store_past_its_map(make_cluster: ClusterFactory) -> None:
+    """Each request is admitted only if its own bytes fit in the room left.
+
+    Before, a request was judged by what came before it: with requests of
+    8.2 MiB into a 32 MiB store, the fourth was admitted after a look that saw
+    24.6 MiB (under the alarm's 85 %, as the projection of the third had
+    started the alarm) and overfilled LMDB's map: the entry failed to apply
+    with MDB_MAP_FULL on every node, and the cluster stayed down.
+    """
+    cluster = make_cluster(
+        extra_args=[
+            "--store-max-bytes",
+            str(LARGE_CAPACITY),
+            "--min-free-disk-bytes",
+            "0",
+            "--max-body-bytes",
+            str(16 << 20),
+        ]
+    ).start()
+    leader = cluster.wait_leader()
+    client = Client(cluster.urls, timeout=10.0, retry_deadline=30.0)
+    try:
+        client.declare_queue("large")
+        confirmed: list[str] = []
+        refusal: StorageFull | None = None
+        for batch in range(LARGE_CAPACITY // len(LARGE_BODY)):  # more than can ever fit
+            live_before = _live_bytes(leader)
+            messages = [
+                Message(body=LARGE_BODY, id=f"l{batch}-{i}") for i in range(LARGE_PER_REQUEST)
+            ]
+            try:
+                confirmed.extend(client.publish_batch("large", messages))
+            except StorageFull as exc:
+                refusal = exc
+                break
+            # The next request is judged on a look that saw this one.
+            wait_for(functools.partial(_grew, leader, live_before), what="the leader's next look")
+        assert refusal is not None and refusal.code == "storage_full"
+        assert "does not fit" in str(refusal), str(refusal)
+        assert confirmed, "not even the first large write was accepted"
+
+        # Only that write was refused: the nodes run, a small one still fits,
+        # and every confirmed message is there.
+        assert all(node.alive for node in cluster.members)
+        assert client.publish_batch("large", [Message(body=b"small", id="small")]) == ["small"]
+        assert client.queue("large")["total"] == len(confirmed) + 1
+        cluster.wait_converged()
+        assert all(node.alive for node in cluster.members)
+    finally:
+        client.close()
+
+
+def _grew(node: NodeProc, live_before: int) -> bool:
+    return _live_bytes(node) > live_before
+
+
+def _live_bytes(node: NodeProc) -> int:
+    return int(request("GET", f"{node.url}/v1/cluster").body["storage"]["live_bytes"])

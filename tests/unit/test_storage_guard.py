@@ -42,15 +42,36 @@ class FakeStore:
         return self.live
 
 
-def test_proposed_bytes_count_until_the_next_look(tmp_path: Path) -> None:
+def test_admitted_bytes_count_until_the_next_look(tmp_path: Path) -> None:
     store = FakeStore()
     guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
-    assert guard.full() is None
-    guard.grew(50 * MIB)  # projected: 3 store bytes a proposed byte, over 90 MiB
-    assert guard.full() is not None
+    # 90 MiB before the alarm, 3 store bytes projected for a byte admitted: 30 MiB.
+    assert guard.admit(25 * MIB) is None
+    refused = guard.admit(25 * MIB)  # would fit alone: the room is used up, the alarm starts
+    assert refused is not None and "would hold" in refused
+    assert guard.full() == refused
+    assert guard.admit(1) == refused  # the alarm refuses even the smallest write
     store.live = 10 * MIB  # what the store really holds at the next look
     guard.refresh()
     assert guard.full() is None
+    assert guard.admit(25 * MIB) is None
+
+
+def test_one_write_too_large_for_the_room_left_is_refused_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FakeStore()
+    store.live = 60 * MIB
+    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    with caplog.at_level(logging.WARNING, logger="cluster.storage_guard"):
+        # 30 MiB of room before 90 %: 10 MiB of commands, at 3 store bytes a byte.
+        refused = guard.admit(12 * MIB)
+        assert refused is not None
+        assert refused.startswith("a write of 12288 KiB does not fit: the store would hold")
+        assert "over 90% of its 100 MiB (--store-max-bytes)" in refused
+        assert guard.full() is None  # no alarm: what was refused was not counted
+        assert guard.admit(9 * MIB) is None  # a smaller write still fits
+    assert caplog.records == []
 
 
 def test_a_full_store_stays_full_until_it_is_under_the_lower_ratio(tmp_path: Path) -> None:
@@ -83,6 +104,24 @@ def test_the_alarm_is_logged_when_it_starts_and_ends(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2
     assert "refused" in messages[0] and "cleared" in messages[1]
+
+
+def test_an_alarm_started_by_the_projection_is_logged_when_it_starts_and_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FakeStore()
+    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    with caplog.at_level(logging.WARNING, logger="cluster.storage_guard"):
+        assert guard.admit(29 * MIB) is None
+        assert guard.admit(2 * MIB) is not None  # the room is used up: the alarm starts
+        assert guard.admit(1) is not None
+        store.live = 5 * MIB
+        guard.refresh()
+        assert guard.full() is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert "refused" in messages[0] and "would hold" in messages[0]
+    assert "cleared" in messages[1]
 
 
 async def test_the_proposer_refuses_growing_commands_and_passes_the_others(
