@@ -92,14 +92,14 @@ class AcknowledgeOncePerTick:
 
     Each `next_node_idx` answer must leave only after the entries it covers are
     durable (cluster.transport.FlushingTransport). Answered one by one, the
-    append-entries that arrived together in one poll each cost an fdatasync,
-    and under load the follower spends its time waiting for the disk: with
-    three nodes on one disk a W3 run had followers 74 % of their busy time in
-    fdatasync, each taking about a millisecond while the next entries queued
-    behind it. The tick's answers are therefore held while it runs and sent
-    when it ends, after one fdatasync that covers them all. Nothing leaves
-    earlier than before relative to its own durability; the first answer of a
-    tick waits only for the rest of that tick's poll.
+    append-entries that arrived together in one poll each cost an fdatasync: a
+    follower whose disk is slower than the leader's entries come (the leader
+    itself flushes once per tick) falls further behind with every entry that
+    queues while it waits. The tick's answers are therefore held while it runs
+    and sent when it ends, after one fdatasync that covers them all: 5-20
+    fdatasyncs instead of 205 for a burst of 200 unbatched entries. Nothing
+    leaves before its entries are durable; the first answer of a tick waits
+    only for the rest of that tick's poll.
     """
 
     def _onTick(self, timeToWait: float = 0.0) -> None:

@@ -15,9 +15,8 @@ cluster.raft_fixes.AcknowledgeOncePerTick), a ``next_node_idx`` is queued;
 ``release_acknowledgements`` then makes the journal durable with one
 fdatasync and sends the queued messages in order. Append-entries that pile up
 in the socket while a follower waits for its disk are thereby stored with one
-fdatasync between them instead of one each, which is what keeps the disk
-from becoming the queue under load. Any other message sent meanwhile first
-releases the queue, so the order of messages to a node never changes.
+fdatasync between them instead of one each. Any other message sent meanwhile
+first releases the queue, so the order of messages to a node never changes.
 
 One exception: the append_entries requests of a SyncObj that flushes its
 journal itself before it counts its own entries toward a commit
