@@ -10,11 +10,13 @@ from raftmq.errors import (
     Conflict,
     ConnectionFailed,
     ExchangeNotFound,
+    Forbidden,
     NotFound,
     QueueNotFound,
     RaftMQError,
     StorageFull,
     StreamNotFound,
+    Unauthorized,
     Unavailable,
 )
 from raftmq.pubsub import AsyncSubscription, Routed, StreamBatch, StreamRecord, Subscription
@@ -28,6 +30,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "ExchangeNotFound",
+    "Forbidden",
     "Message",
     "NackResult",
     "NotFound",
@@ -40,6 +43,7 @@ __all__ = [
     "StreamNotFound",
     "StreamRecord",
     "Subscription",
+    "Unauthorized",
     "Unavailable",
 ]
 

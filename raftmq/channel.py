@@ -31,7 +31,7 @@ import contextlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
@@ -49,6 +49,7 @@ from raftmq.client import (
     _decode_received,
     _error_from,
     _origin,
+    _receipts,
     _Response,
     _Retry,
     _too_many_redirects,
@@ -214,20 +215,24 @@ class Channel:
         self._raise_if_failed()
         return await self._batcher.publish(queue, _wire_message(body, headers, id, delay))
 
-    async def ack(self, queue: str, receipts: list[str]) -> AckResult:
+    async def ack(self, queue: str, receipts: Iterable[str] | str) -> AckResult:
+        """Marks deliveries done (a lone receipt may be given as a str, as to the client)."""
         self._raise_if_failed()
-        return await self._batcher.ack(queue, receipts)
+        return await self._batcher.ack(queue, _receipts(receipts))
 
-    def ack_soon(self, queue: str, receipts: list[str]) -> asyncio.Future[AckResult]:
+    def ack_soon(self, queue: str, receipts: Iterable[str] | str) -> asyncio.Future[AckResult]:
         """Acks without waiting for the answer, as :meth:`AsyncClient.ack_soon`; raises
         at once if the channel has failed, as every call on it does."""
         self._raise_if_failed()
-        if not receipts:
-            return asyncio.ensure_future(self.ack(queue, receipts))
-        return self._batcher.ack_soon(queue, receipts)
+        wanted = _receipts(receipts)
+        if not wanted:
+            return asyncio.ensure_future(self.ack(queue, wanted))
+        return self._batcher.ack_soon(queue, wanted)
 
-    async def nack(self, queue: str, receipts: list[str], delay: float | None = None) -> NackResult:
-        frame: dict[str, Any] = {"op": "nack", "queue": queue, "receipts": receipts}
+    async def nack(
+        self, queue: str, receipts: Iterable[str] | str, delay: float | None = None
+    ) -> NackResult:
+        frame: dict[str, Any] = {"op": "nack", "queue": queue, "receipts": _receipts(receipts)}
         if delay is not None:
             frame["delay"] = delay
         reply = await self._request(frame)
@@ -354,7 +359,7 @@ class Channel:
                         # The handshake gets the client's timeout, as a request does: a
                         # node that accepts the connection and then says nothing (stopped,
                         # stalled) is left for the next one instead of being waited for.
-                        async with asyncio.timeout(client._timeout):
+                        async with asyncio.timeout(attempts.timeout(client._timeout)):
                             ws = await session.ws_connect(
                                 target,
                                 heartbeat=min(HEARTBEAT_S, client._timeout),

@@ -96,6 +96,8 @@ BACKOFF_MAX = 1.0
 ELECTION_POLL_MIN = 0.02
 ELECTION_POLL_MAX = 0.04
 ELECTION_POLL_FOR = 2.0
+# The shortest attempt the end of the retry budget cuts a request's timeout to.
+MIN_ATTEMPT_TIMEOUT = 0.1
 USER_AGENT = "raftmq-python/0.1"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -720,6 +722,7 @@ class _Attempts:
         self.index = 0
         self.failures = 0
         self.started = time.monotonic()
+        self.budget = budget
         self.deadline = self.started + budget
         self.answered = False
         self.ambiguous = False
@@ -734,6 +737,17 @@ class _Attempts:
     def following(self) -> str:
         """The node after the current one."""
         return self.order[(self.index + 1) % len(self.order)]
+
+    def timeout(self, timeout: float, extra: float = 0.0) -> float:
+        """One attempt's timeout: ``timeout`` cut to what is left of the retry budget
+        (so a silent node cannot hold a call past its ``retry_deadline``), plus
+        ``extra`` (a long poll's ``wait``). A call without a budget (one node, asked
+        once) gets the whole ``timeout``.
+        """
+        if self.budget > 0:
+            left = self.deadline - time.monotonic()
+            timeout = min(timeout, max(left, MIN_ATTEMPT_TIMEOUT))
+        return timeout + extra
 
     def failed(self, r: _Retry) -> float:
         """Records a failure; returns the pause before the next try or raises when out of time."""
@@ -903,7 +917,9 @@ class _SyncTransport:
                     raise _certificate_error(url, e) from e
                 except OSError as e:
                     conn.close()
-                    raise _transport_retry(url, e, sent=False) from e
+                    # On the redial the request already went out once (it may have
+                    # been applied before the node went away): that stays ambiguous.
+                    raise _transport_retry(url, e, sent=try_ > 0) from e
             try:
                 conn.request(method, target, body=body, headers=self._headers)
                 resp = conn.getresponse()
@@ -972,7 +988,7 @@ class Client(_Base):
         attempts = _Attempts(urls, self._preferred if sticky else None, budget)
         while True:
             try:
-                return self._attempt(attempts.url, call, sticky)
+                return self._attempt(attempts, call, sticky)
             except _Retry as r:
                 if sticky:
                     # A node that just failed (a paused or cut-off leader) is not the
@@ -986,11 +1002,12 @@ class Client(_Base):
                     return call.absent_after_ambiguity()
                 raise
 
-    def _attempt(self, base: str, call: _Call[T], sticky: bool) -> T:
+    def _attempt(self, attempts: _Attempts, call: _Call[T], sticky: bool) -> T:
+        base = attempts.url
         target = base + call.path
         for _ in range(MAX_REDIRECTS + 1):
             resp = self._transport.request(
-                call.method, target, call.body, self._timeout + call.extra_timeout
+                call.method, target, call.body, attempts.timeout(self._timeout, call.extra_timeout)
             )
             out = _interpret(resp, call, target)
             if isinstance(out, _Redirect):
@@ -1192,7 +1209,9 @@ class Client(_Base):
         return self._run(_Call("POST", "/v1/users", _dict, body))
 
     def delete_user(self, name: str) -> None:
-        self._run(_Call("DELETE", _named_path("user", name), _none))
+        self._run(
+            _Call("DELETE", _named_path("user", name), _none, absent_after_ambiguity=lambda: None)
+        )
 
     def grant(self, name: str, *, configure: str = "", write: str = "", read: str = "") -> JSONDict:
         """Sets the user's three permission regexes ("" allows nothing, ".*" everything)."""
@@ -1207,6 +1226,22 @@ class Client(_Base):
 
 
 # ----------------------------------------------------------------- async client
+
+
+@dataclass
+class _Sent:
+    """Whether a try of one request was written to a node (it may have been applied)."""
+
+    sent: bool = False
+
+
+async def _mark_sent(
+    _session: aiohttp.ClientSession,
+    context: Any,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    if isinstance(context.trace_request_ctx, _Sent):
+        context.trace_request_ctx.sent = True
 
 
 class _AsyncTransport:
@@ -1228,11 +1263,17 @@ class _AsyncTransport:
 
     def _get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(headers=self._headers)
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_mark_sent)
+            self._session = aiohttp.ClientSession(headers=self._headers, trace_configs=[trace])
         return self._session
 
     async def request(self, method: str, url: str, body: bytes | None, timeout: float) -> _Response:
         session = self._get()
+        # aiohttp itself re-sends an idempotent request (PUT, DELETE) once on a new
+        # connection when a kept-alive one drops, as this loop does for the others:
+        # a failure to connect then follows a request that did go out.
+        sent = _Sent()
         for try_ in range(2):
             try:
                 async with session.request(
@@ -1242,6 +1283,7 @@ class _AsyncTransport:
                     allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=timeout),
                     ssl=self._context() if url.startswith("https:") else True,
+                    trace_request_ctx=sent,
                 ) as resp:
                     data = await resp.read()
                     headers = {k.lower(): v for k, v in resp.headers.items()}
@@ -1253,7 +1295,7 @@ class _AsyncTransport:
             except aiohttp.ClientConnectorCertificateError as e:
                 raise _certificate_error(url, e) from e
             except aiohttp.ClientConnectorError as e:
-                raise _transport_retry(url, e, sent=False) from e
+                raise _transport_retry(url, e, sent=sent.sent) from e
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 raise _transport_retry(url, e, sent=True) from e
         raise AssertionError("unreachable")
@@ -1347,7 +1389,7 @@ class AsyncClient(_Base):
         attempts = _Attempts(urls, self._preferred if sticky else None, budget)
         while True:
             try:
-                return await self._attempt(attempts.url, call, sticky)
+                return await self._attempt(attempts, call, sticky)
             except _Retry as r:
                 if sticky:
                     # A node that just failed (a paused or cut-off leader) is not the
@@ -1361,11 +1403,12 @@ class AsyncClient(_Base):
                     return call.absent_after_ambiguity()
                 raise
 
-    async def _attempt(self, base: str, call: _Call[T], sticky: bool) -> T:
+    async def _attempt(self, attempts: _Attempts, call: _Call[T], sticky: bool) -> T:
+        base = attempts.url
         target = base + call.path
         for _ in range(MAX_REDIRECTS + 1):
             resp = await self._transport.request(
-                call.method, target, call.body, self._timeout + call.extra_timeout
+                call.method, target, call.body, attempts.timeout(self._timeout, call.extra_timeout)
             )
             out = _interpret(resp, call, target)
             if isinstance(out, _Redirect):

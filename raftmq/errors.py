@@ -17,6 +17,7 @@ __all__ = [
     "NotFound",
     "QueueNotFound",
     "RaftMQError",
+    "StorageFull",
     "StreamNotFound",
     "Unauthorized",
     "Unavailable",

@@ -1,6 +1,7 @@
 """The WebSocket channel (node/routes_channel.py, raftmq/channel.py) against a FakeRaft app."""
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -346,6 +347,24 @@ async def test_channel_ack_soon_acks_without_being_awaited(client: Client) -> No
     assert (await _queue(client))["total"] == 0
 
 
+async def test_channel_takes_a_lone_receipt_as_the_client_does(client: Client) -> None:
+    """A str was sent as the receipts list itself (and ack_soon counted its characters)."""
+    await _declare(client)
+    await _publish(client, 3)
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, retry_deadline=GUARD_S) as mq, mq.channel() as ch:
+        msgs = []
+        async for msg in ch.consume("jobs", prefetch=3):
+            msgs.append(msg)
+            if len(msgs) == 3:
+                break
+        assert (await asyncio.wait_for(ch.ack("jobs", msgs[0].receipt), GUARD_S)).acked == 1
+        soon = ch.ack_soon("jobs", msgs[1].receipt)
+        assert (await asyncio.wait_for(soon, GUARD_S)).acked == 1
+        assert (await asyncio.wait_for(ch.nack("jobs", msgs[2].receipt), GUARD_S)).requeued == 1
+    assert (await _queue(client))["total"] == 1
+
+
 async def test_client_consume_raises_for_a_missing_queue(client: Client) -> None:
     url = str(client.make_url("")).rstrip("/")
     async with AsyncClient(url) as mq, mq.channel() as ch:
@@ -411,3 +430,15 @@ _UPGRADE = {
     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
     "Sec-WebSocket-Version": "13",
 }
+
+
+async def test_a_silent_node_does_not_hold_the_handshake_past_the_retry_deadline() -> None:
+    """The handshake used to get the whole ``timeout`` however little was left."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepts connections, never answers (a stopped node)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        async with AsyncClient(url, timeout=60.0, retry_deadline=0.5) as mq:
+            # Before, the handshake waited out the whole 60 s timeout, past the guard.
+            with pytest.raises(Unavailable):
+                await asyncio.wait_for(mq.channel().open(), GUARD_S)

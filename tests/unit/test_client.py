@@ -29,6 +29,7 @@ from raftmq import (
     Conflict,
     ConnectionFailed,
     Message,
+    NotFound,
     QueueNotFound,
     RaftMQError,
     ReceivedMessage,
@@ -617,6 +618,15 @@ async def test_delete_retried_after_a_lost_reply_succeeds(
         await call(client, "delete_queue", "q")
 
 
+def test_delete_user_retried_after_a_lost_reply_succeeds(fake: FakeCluster) -> None:
+    leader = fake.node("leader")  # the fake knows no users: a retried delete finds none
+    leader.fail(status=503, code="unknown_outcome", retry_after="0", path_contains="/v1/users")
+    with Client(leader.url, retry_deadline=5.0) as client:
+        client.delete_user("alice")  # before: NotFound, though the first try deleted it
+        with pytest.raises(NotFound):
+            client.delete_user("alice")
+
+
 def test_sync_client_reuses_one_connection_per_node(fake: FakeCluster) -> None:
     leader = fake.node("leader")
     with Client(leader.url) as client:
@@ -630,6 +640,20 @@ def test_retry_after_is_capped() -> None:
     assert _retry_after("3600") == 2.0
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert _retry_after(None) is None
+
+
+def test_every_error_class_is_exported() -> None:
+    """``except raftmq.Forbidden`` and ``from raftmq.errors import *`` see them all."""
+    import raftmq
+    import raftmq.errors
+
+    classes = {
+        name
+        for name, value in vars(raftmq.errors).items()
+        if isinstance(value, type) and issubclass(value, RaftMQError)
+    }
+    assert classes <= set(raftmq.errors.__all__)
+    assert classes <= set(raftmq.__all__)
 
 
 def test_urls_are_normalised() -> None:
@@ -664,3 +688,67 @@ async def test_a_node_that_timed_out_is_not_the_next_calls_first_stop(
     assert leader.seen == []
     assert await call(client, "queues") == []
     assert len(leader.seen) == 1
+
+
+async def test_a_silent_node_does_not_hold_a_call_past_its_retry_deadline(
+    fake: FakeCluster, make_client: MakeClient, silent_url: str
+) -> None:
+    leader = fake.node("leader")
+    client = make_client([silent_url, leader.url], timeout=60.0, retry_deadline=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await call(client, "queues")
+    # Before, the silent node held the call for the whole 60 s timeout.
+    assert time.monotonic() - started < 30.0
+
+
+class DyingNode:
+    """Answers its first request; applies the second, then dies before answering it."""
+
+    def __init__(self, apply: Callable[[], object]) -> None:
+        self.apply = apply
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _read_head(conn: socket.socket) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            self._read_head(conn)
+            body = b'{"queues": []}'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            self._read_head(conn)
+            self.apply()
+            self.sock.close()  # gone: the redial is refused
+
+
+async def test_delete_whose_node_died_after_applying_it_succeeds(
+    fake: FakeCluster, make_client: MakeClient
+) -> None:
+    fake.broker.queues["q"] = {"config": {}, "ready": [], "leased": {}}
+    dying = DyingNode(lambda: fake.broker.queues.pop("q"))
+    survivor = fake.node("survivor")
+    client = make_client([dying.url, survivor.url])
+    assert await call(client, "queues") == []  # a kept-alive connection to the dying node
+
+    # The connection drops after the delete went out, the redial is refused and the
+    # next node has no such queue: the delete did happen, and is not an error.
+    assert await call(client, "delete_queue", "q") is None
+    assert "q" not in fake.broker.queues
+    dying.thread.join(timeout=5)
