@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import http.client
 import ipaddress
@@ -57,6 +58,7 @@ __all__ = [
     "NetnsTopology",
     "NodeSpec",
     "Placement",
+    "Removal",
     "Topology",
     "http_json",
     "netns_unavailable_reason",
@@ -70,6 +72,12 @@ STATE_DIR = Path("/run/raftmq-chaos")
 NFT_TABLE = "rmqchaos"
 STOP_GRACE_S = 10.0
 COMMAND_TIMEOUT_S = 20.0
+# A removal's request waits for up to three Raft steps on the leader (hand-over,
+# unregistration, configuration change: 5 s each at most), so a slower answer is a
+# timeout of ours, not theirs.
+REMOVAL_REQUEST_TIMEOUT_S = 20.0
+# Codes of a refused removal: nothing changed, the window records it and ends.
+REMOVAL_REFUSALS = frozenset({"membership_change_in_progress", "would_lose_quorum"})
 
 
 class NetnsError(RuntimeError):
@@ -109,6 +117,17 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 2.0) -> 
         return HttpResult(None, None, {}, f"{type(e).__name__}: {e}")
     finally:
         conn.close()
+
+
+def _error_code(body: Any) -> str | None:
+    """``code`` of an API error body ``{"error": {"code": ...}}``."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
+
+
+def _refused(error: str | None) -> bool:
+    """The connection was refused: the request never reached a node."""
+    return error is not None and error.startswith("ConnectionRefusedError")
 
 
 # ------------------------------------------------------------------ commands
@@ -544,6 +563,29 @@ class _Node:
     paused: bool = False
     expected_down: bool = False  # killed by us (or never started)
     starts: int = 0
+    # Its removal was asked for: when it stops itself, that is not a crash.
+    leaving: bool = False
+    # Started with an empty data dir and --join since it was removed; restarts keep --join.
+    joined: bool = False
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``DELETE /v1/cluster/members/{id}`` came to.
+
+    ``outcome``: ``removed`` (200), ``refused`` (409 with one of REMOVAL_REFUSALS),
+    ``timeout`` (sent, no answer in time: it may still complete) or ``failed``
+    (any other answer, or no node took the request).
+    """
+
+    outcome: str
+    status: int | None = None
+    code: str | None = None
+    via: str | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -557,7 +599,7 @@ class NodeExit:
 
 @dataclass
 class ChaosCluster:
-    """N raftmq node processes on a topology; kill, pause, restart and partition them."""
+    """N raftmq node processes on a topology; kill, pause, restart, partition, remove, re-join."""
 
     root: Path
     size: int
@@ -628,8 +670,18 @@ class ChaosCluster:
             self.nodes[node_id] = _Node(spec, expected_down=True)
 
     def command(self, spec: NodeSpec) -> list[str]:
-        """``python -m node ...`` for ``spec``, inside its namespace when it has one."""
-        peers = ",".join(n.spec.raft for n in self.nodes.values() if n.spec.id != spec.id)
+        """``python -m node ...`` for ``spec``, inside its namespace when it has one.
+
+        A node that joined (after its removal) gets ``--join`` for good, never
+        ``--peers``: with its data dir it starts from the members it saved
+        (``peers.json``) and does not join again, and if it died before its first
+        join completed it asks again instead of starting as a stray founder.
+        """
+        if self.nodes[spec.id].joined:
+            membership = ["--join", self.join_url(spec.id)]
+        else:
+            peers = ",".join(n.spec.raft for n in self.nodes.values() if n.spec.id != spec.id)
+            membership = ["--peers", peers]
         return [
             *self.topology.launch_prefix(spec.netns),
             sys.executable,
@@ -643,8 +695,7 @@ class ChaosCluster:
             spec.raft,
             "--http",
             spec.http,
-            "--peers",
-            peers,
+            *membership,
             "--advertise-http",
             spec.url,
             *self.extra_args,
@@ -669,6 +720,7 @@ class ChaosCluster:
                 node.process = self._spawner.submit(_spawn, cmd, logf, env).result()
             node.paused = False
             node.expected_down = False
+            node.leaving = False
             node.starts += 1
             log.info("started %s (pid %d)", node_id, node.process.pid)
 
@@ -731,16 +783,129 @@ class ChaosCluster:
             self._mark(node_id, "partition healed")
 
     def unexpected_exits(self) -> list[NodeExit]:
-        """Nodes that ended on their own since the last call (each reported once)."""
+        """Nodes that ended on their own since the last call (each reported once).
+
+        A node whose removal was asked for (:meth:`expect_removal`) stops itself
+        when it applies it: its exit is not reported while it is marked leaving.
+        The nemesis clears the mark when the removal did not happen, and a crash
+        in the meantime is reported then.
+        """
         out = []
         with self._lock:
             for node_id, node in self.nodes.items():
                 proc = node.process
-                if node.expected_down or proc is None or proc.poll() is None:
+                if node.expected_down or node.leaving or proc is None or proc.poll() is None:
                     continue
                 node.expected_down = True
                 out.append(NodeExit(node_id, int(proc.returncode), self.log_tail(node_id)))
         return out
+
+    # ---------------------------------------------------------- membership
+
+    def expect_removal(self, node_id: str, leaving: bool = True) -> None:
+        """Marks ``node_id`` as leaving (its own exit is no crash), or not any more."""
+        with self._lock:
+            self.nodes[node_id].leaving = leaving
+
+    def join_url(self, node_id: str) -> str:
+        """The URL a (re)joining ``node_id`` asks: a responsive other node, else any other."""
+        others = [i for i in self.nodes if i != node_id]
+        live = [i for i in self.responsive() if i != node_id]
+        return self.spec((live or others)[0]).url
+
+    def remove_member(self, node_id: str, via: str, deadline_s: float) -> Removal:
+        """``DELETE /v1/cluster/members/{node_id}`` at ``via``, as ``raftmq ctl remove-node``.
+
+        Follows the leader's redirect and retries ``503 no_leader`` (an election,
+        e.g. after removing the leader handed its leadership over) and refused
+        connections on another responsive node, until ``deadline_s``. A request
+        that was sent and got no answer is a ``timeout``: it may still complete.
+        """
+        deadline = time.monotonic() + deadline_s
+        url = f"{via}/v1/cluster/members/{node_id}"
+        last = Removal("failed", via=via, error="no attempt")
+        while time.monotonic() < deadline:
+            res = http_json("DELETE", url, timeout=REMOVAL_REQUEST_TIMEOUT_S)
+            node_url = url.split("/v1/", 1)[0]
+            code = _error_code(res.body)
+            if res.status == 200:
+                return Removal("removed", 200, via=node_url)
+            if res.status == 307 and res.headers.get("location"):
+                url = res.headers["location"]
+                continue
+            if res.status == 409 and code in REMOVAL_REFUSALS:
+                return Removal("refused", 409, code, via=node_url)
+            if res.status is None and not _refused(res.error):
+                return Removal("timeout", via=node_url, error=res.error)
+            if res.status == 503 and code == "unknown_outcome":
+                return Removal("timeout", 503, code, via=node_url)
+            last = Removal("failed", res.status, code, via=node_url, error=res.error)
+            if res.status is not None and res.status != 503:
+                return last
+            others = [i for i in self.responsive() if i != node_id] or [node_id]
+            url = f"{self.spec(random.choice(others)).url}/v1/cluster/members/{node_id}"
+            time.sleep(0.2)
+        return last
+
+    def wait_exit(self, node_id: str, timeout: float) -> int | None:
+        """The exit code of ``node_id`` once its process ends; None if it still runs."""
+        proc = self.nodes[node_id].process
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def wipe(self, node_id: str) -> None:
+        """Empties the data dir of a node that is not running (its log stays)."""
+        with self._lock:
+            if self.running(node_id):
+                raise RuntimeError(f"{node_id} runs; its data dir cannot be wiped")
+            data_dir = self.spec(node_id).data_dir
+            shutil.rmtree(data_dir, ignore_errors=True)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._mark(node_id, f"data dir {data_dir} wiped")
+
+    def rejoin(self, node_id: str) -> str:
+        """Starts a removed node again from an empty data dir with ``--join``; the URL asked."""
+        with self._lock:
+            self.wipe(node_id)
+            self.nodes[node_id].joined = True
+            url = self.join_url(node_id)
+            self.start_node(node_id)
+            return url
+
+    def is_member(self, node_id: str) -> bool | None:
+        """Whether the leader counts ``node_id`` as a connected member and it is caught up.
+
+        None when no responsive node names a leader that answers.
+        """
+        raft = self.spec(node_id).raft
+        for other in self.responsive():
+            st = self.status(other)
+            leader_url = ((st or {}).get("leader") or {}).get("http")
+            if not leader_url:
+                continue
+            res = http_json("GET", f"{leader_url}/v1/cluster", timeout=1.0)
+            if res.status != 200 or not isinstance(res.body, dict):
+                continue
+            states = {m.get("raft"): m.get("state") for m in res.body.get("members") or []}
+            if states.get(raft) not in ("connected", "leader"):
+                return False
+            ready = http_json("GET", f"{self.spec(node_id).url}/readyz", timeout=1.0)
+            return ready.status == 200
+        return None
+
+    def in_configuration(self, node_id: str) -> bool | None:
+        """Whether the leader's Raft configuration still has ``node_id`` (None: no leader)."""
+        raft = self.spec(node_id).raft
+        for other in self.responsive():
+            st = self.status(other)
+            if st is None or st.get("role") != "leader":
+                continue
+            return any(m.get("raft") == raft for m in st.get("members") or [])
+        return None
 
     # ---------------------------------------------------------------- stop
 

@@ -20,7 +20,9 @@ Record types:
   (ack), ``stale`` (ack ok), ``routed`` (xpublish ok), ``offsets`` (append
   ok), ``records`` ``[[offset, id, timestamp], ...]`` and ``next_offset``
   (read ok), ``offset`` (commit, group_offset), ``error``.
-* ``nemesis``: ``phase`` ``start``/``stop`` of fault window ``window``.
+* ``nemesis``: ``phase`` ``start``/``stop`` of fault window ``window``;
+  ``removal`` and ``rejoin`` (membership windows: what the removal came to,
+  whether the node is a member again); ``error`` (a fault not applied or healed).
 * ``phase``: orchestration milestones (``workload_start``, ``workload_end``,
   ``drain_start``, ``drain_end``).
 * ``node_exit``: a node process ended without the nemesis killing it.

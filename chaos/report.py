@@ -30,6 +30,7 @@ FAULT_COLORS = {
     "pause": "#9467bd",
     "partition": "#1f77b4",
     "restart-all": "#8c564b",
+    "membership": "#17becf",
 }
 OP_MARKERS = {
     "publish": "o",

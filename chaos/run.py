@@ -14,8 +14,7 @@ The phases, each with its own deadline so a run always ends by itself:
 5. wait until every node reports the same applied index and state digest;
 6. tear everything down, check the history, write results.json and
    timeline.png. Exit 0 when the checker finds nothing, 1 when it finds a
-   violation, 2 for a usage error or a refused nemesis, 3 when the cluster
-   could not even start.
+   violation, 2 for a usage error, 3 when the cluster could not even start.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from chaos.cluster import (
     netns_unavailable_reason,
 )
 from chaos.history import HistoryWriter, read_history
-from chaos.nemesis import KINDS, MEMBERSHIP_REFUSAL, Nemesis, plan
+from chaos.nemesis import KINDS, Nemesis, membership_summary, plan
 from chaos.pubsub_workload import declare, final_stream_read, processes
 from chaos.report import render_timeline, results_document, write_results
 from chaos.workload import WORKLOADS, Workload, WorkloadConfig, drain
@@ -207,9 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
-    if "membership" in args.nemesis:
-        _err(f"error: {MEMBERSHIP_REFUSAL}")
-        return EXIT_USAGE
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1_000_000)
     out = args.out or Path("chaos-out") / f"{time.strftime('%Y%m%d-%H%M%S')}-seed{seed}"
     if out.exists() and any(out.iterdir()):
@@ -510,6 +506,7 @@ def _report(
         "schedule": [f.to_dict() for f in faults],
         "workloads": options.workloads,
         "rerun": options.rerun_command(),
+        **({"membership": membership_summary(records)} if "membership" in options.nemeses else {}),
         "files": {
             "history": "history.jsonl",
             "timeline": "timeline.png",
@@ -596,6 +593,14 @@ def _summary(options: Options, result: CheckResult, run_info: dict[str, Any]) ->
             f"{counts['stream_unknown_appends_absent']} absent; final read "
             f"{stats.get('final_records', 0)} records"
             + ("" if stats.get("final_read_complete") else " (INCOMPLETE)")
+        )
+    if "membership" in run_info:
+        changes = run_info["membership"]
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(changes["removals"].items()))
+        _out(
+            f"  membership: removals {sum(changes['removals'].values())}"
+            + (f" ({outcomes})" if outcomes else "")
+            + f", re-joins {changes['rejoins']}, re-joins that failed {changes['rejoins_failed']}"
         )
     _out(f"  node crashes {counts['node_exits']}")
     _out(

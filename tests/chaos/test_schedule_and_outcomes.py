@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import pytest
 
+from chaos.cluster import ChaosCluster, LoopbackTopology
 from chaos.nemesis import PARTITION_SHAPES, partition_pairs, plan
 from chaos.workload import Attempt, attempt_maybe_applied, classify
 
@@ -35,9 +37,44 @@ def test_every_requested_nemesis_appears_and_windows_do_not_overlap(seed: int) -
     assert all(f.target in PARTITION_SHAPES for f in faults if f.kind == "partition")
 
 
-def test_membership_is_never_scheduled() -> None:
-    assert plan(1, ["membership"], 60, 3) == []
-    assert {f.kind for f in plan(1, ["membership", "restart-all"], 60, 3)} == {"restart-all"}
+def test_membership_windows_come_from_the_seed() -> None:
+    kinds = ["kill", "membership"]
+    assert plan(12, kinds, 35, 3) == plan(12, kinds, 35, 3)
+    assert plan(12, kinds, 35, 3) != plan(13, kinds, 35, 3)
+    assert [(f.kind, f.target) for f in plan(12, kinds, 35, 3)] == [
+        ("membership", "random"),
+        ("kill", "random"),
+        ("membership", "random"),
+    ]
+    targets = {f.target for seed in range(20) for f in plan(seed, ["membership"], 60, 3)}
+    assert targets == {"leader", "random"}
+
+
+def test_adding_membership_leaves_the_other_schedules_alone() -> None:
+    """A seed rerun without membership keeps the schedule it had before membership existed."""
+    faults = plan(7, ["kill", "pause", "partition"], 60, 5)
+    assert [(f.kind, f.target, round(f.start, 2)) for f in faults] == [
+        ("partition", "isolate-leader", 3.0),
+        ("kill", "leader", 11.66),
+        ("pause", "leader", 19.57),
+        ("kill", "leader", 28.84),
+        ("pause", "leader", 37.6),
+        ("partition", "bridge", 45.73),
+    ]
+
+
+def test_a_joined_node_restarts_with_join_not_peers(tmp_path: Path) -> None:
+    """After a re-join, later restarts must not start the node as a founder with --peers."""
+    cluster = ChaosCluster(tmp_path, 3, LoopbackTopology())
+    cluster.setup()
+    founder = cluster.command(cluster.spec("n1"))
+    assert "--peers" in founder
+    assert "--join" not in founder
+    cluster.nodes["n1"].joined = True
+    joined = cluster.command(cluster.spec("n1"))
+    assert "--peers" not in joined
+    join_url = joined[joined.index("--join") + 1]
+    assert join_url in {cluster.spec("n2").url, cluster.spec("n3").url}
 
 
 def _sides(pairs: list[tuple[str, str]]) -> dict[str, set[str]]:
