@@ -59,6 +59,8 @@ class Proposer:
         self.companions: Companions | None = None
         # Refuses growing commands while this node's store or disk is nearly full.
         self.storage: StorageGuard | None = None
+        # How many queues an exchange publish is copied to (its bytes count that often).
+        self.exchange_copies: Callable[[str], int] | None = None
         self.entries_proposed = 0
         self.commands_proposed = 0
         self.companions_proposed = 0
@@ -75,9 +77,7 @@ class Proposer:
         if self._waiting >= self._max_pending:
             raise Overloaded(f"{self._waiting} commands are waiting for Raft")
         if self.storage is not None and command.get("op") in GROWING_OPS:
-            refused = self.storage.admit(len(orjson.dumps(command)))
-            if refused is not None:
-                raise StorageFull(refused)
+            self._admit(command, self.storage)
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending.append((command, future))
         self._waiting += 1
@@ -92,6 +92,19 @@ class Proposer:
             ) from None
         finally:
             self._waiting -= 1
+
+    def _admit(self, command: dict[str, Any], storage: StorageGuard) -> None:
+        """Raise StorageFull unless the storage guard admits the bytes `command` stores."""
+        size = len(orjson.dumps(command))
+        copies = 1
+        exchange = command.get("exchange")
+        if command["op"] == "publish_exchange" and self.exchange_copies is not None:
+            copies = max(1, self.exchange_copies(exchange if isinstance(exchange, str) else ""))
+        refused = storage.admit(size * copies)
+        if refused is not None:
+            if copies > 1:
+                refused += f" (the exchange copies this publish to {copies} queues)"
+            raise StorageFull(refused)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

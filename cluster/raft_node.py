@@ -64,7 +64,11 @@ class RaftNode:
         )
         self._proposer.companions = self._companions
         self._proposer.storage = self.storage
+        self._proposer.exchange_copies = self._exchange_copies
         loop.call_later(self.settings.storage_check_period_s, self._check_storage)
+
+    def _exchange_copies(self, exchange: str) -> int:
+        return self.holder.read(lambda store: store.exchange_copies(exchange))
 
     def _check_storage(self) -> None:
         """Refresh the storage alarm, then again every storage_check_period_s (event loop)."""

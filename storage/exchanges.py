@@ -296,6 +296,22 @@ def _view(
     return {"name": exchange, **_config(record), "bindings": bindings}
 
 
+def bound_queue_count(txn: lmdb.Transaction[bytes], dbs: Dbs, exchange: str) -> int:
+    """How many queues a publish to `exchange` may be copied to, at most (0: none known).
+
+    The queues bound to it, or its alternate queue when nothing is bound: the
+    leader weighs a publish's bytes by this before it admits it (a fanout to
+    80 queues stores 80 copies).
+    """
+    if not keys.is_queue_name(exchange):
+        return 0
+    record = _load(txn, dbs, exchange)
+    if record is None:
+        return 0
+    bound = sum(1 for _ in keys_with_prefix(txn, dbs.bindings, xkey(exchange)))
+    return bound or (1 if record["alternate_queue"] is not None else 0)
+
+
 def get_exchange(txn: lmdb.Transaction[bytes], dbs: Dbs, exchange: str) -> dict[str, Any] | None:
     if not keys.is_queue_name(exchange):
         return None

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from storage import keys
+from storage import exchanges, keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
 from storage.mapped import mapped_ranges, release_mapped_pages
@@ -155,6 +155,10 @@ class Store:
     def used_bytes(self) -> int:
         """Bytes of the data file up to its last used page: what a snapshot copies."""
         return (int(self._env.info()["last_pgno"]) + 1) * int(self._env.stat()["psize"])
+
+    def exchange_copies(self, exchange: str) -> int:
+        """The most queues a publish to `exchange` is copied to (exchanges.bound_queue_count)."""
+        return self.view(lambda txn, dbs: exchanges.bound_queue_count(txn, dbs, exchange))
 
     def live_bytes(self) -> int:
         """Bytes of the pages that hold data now, free pages not counted.

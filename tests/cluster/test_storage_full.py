@@ -157,3 +157,42 @@ def _grew(node: NodeProc, live_before: int) -> bool:
 
 def _live_bytes(node: NodeProc) -> int:
     return int(request("GET", f"{node.url}/v1/cluster").body["storage"]["live_bytes"])
+
+
+FANOUT_QUEUES = 80
+FANOUT_CAPACITY = 4 << 20
+
+
+@pytest.mark.timeout(180)
+def test_a_fanout_publish_is_weighed_by_the_queues_it_is_copied_to(
+    make_cluster: ClusterFactory,
+) -> None:
+    """One 60 KB message to a fanout exchange bound to 80 queues stores 80 copies.
+
+    Before, the leader weighed it by its request (60 KB) and admitted it; the
+    entry overfilled a 4 MiB store on every node (MDB_MAP_FULL), and each node
+    stopped at it again after every restart.
+    """
+    cluster = make_cluster(
+        extra_args=["--store-max-bytes", str(FANOUT_CAPACITY), "--min-free-disk-bytes", "0"]
+    ).start()
+    cluster.wait_leader()
+    client = Client(cluster.urls, timeout=10.0, retry_deadline=30.0)
+    try:
+        client.declare_exchange("fan", "fanout")
+        for i in range(FANOUT_QUEUES):
+            client.declare_queue(f"copy{i}")
+            client.bind("fan", f"copy{i}")
+        with pytest.raises(StorageFull) as refused:
+            client.publish_to_exchange("fan", "", Message(body=bytes(45_000), id="big"))
+        assert f"copies this publish to {FANOUT_QUEUES} queues" in str(refused.value)
+
+        # Nothing was stored, the nodes run, and a small fanout still fits.
+        assert all(node.alive for node in cluster.members)
+        routed = client.publish_to_exchange("fan", "", Message(body=b"small", id="small"))
+        assert len(routed.routed) == FANOUT_QUEUES
+        assert {client.queue(f"copy{i}")["total"] for i in range(FANOUT_QUEUES)} == {1}
+        cluster.wait_converged()
+        assert all(node.alive for node in cluster.members)
+    finally:
+        client.close()

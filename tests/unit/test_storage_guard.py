@@ -144,6 +144,31 @@ async def test_the_proposer_refuses_growing_commands_and_passes_the_others(
     assert await ack == {"status": "ok"}
 
 
+async def test_an_exchange_publish_counts_once_per_queue_it_is_copied_to(
+    tmp_path: Path,
+) -> None:
+    store = FakeStore()
+    raft = FakeRaft()
+    proposer = make(raft)
+    proposer.storage = StorageGuard(store.live_bytes, str(tmp_path), 4 * MIB, 0)
+    proposer.exchange_copies = {"fan": 80, "one": 1}.__getitem__
+    body = "x" * 60_000
+    publish = {"op": "publish_exchange", "exchange": "fan", "messages": [{"body": body}]}
+    with pytest.raises(StorageFull, match="copies this publish to 80 queues"):
+        await proposer.propose(publish)
+    # The same bytes to one queue, or as a plain publish, fit.
+    accepted = [
+        asyncio.create_task(proposer.propose({**publish, "exchange": "one"})),
+        asyncio.create_task(proposer.propose({"op": "publish", "messages": [{"body": body}]})),
+    ]
+    while len(raft.entries) < 1:
+        await asyncio.sleep(0)
+    commands, callback = raft.entries[0]
+    assert [c["op"] for c in commands] == ["publish_exchange", "publish"]
+    callback([{"status": "ok"}, {"status": "ok"}], FAIL_REASON.SUCCESS)
+    await asyncio.gather(*accepted)
+
+
 def test_live_bytes_fall_when_messages_go_and_the_file_does_not(tmp_path: Path) -> None:
     store = Store(str(tmp_path / "s"), map_size=64 * MIB)
     config = default_queue_config()

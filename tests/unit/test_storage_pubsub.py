@@ -66,6 +66,21 @@ def mq(store: Store) -> PubSub:
 # -- exchanges ------------------------------------------------------------------
 
 
+def test_exchange_copies_count_bound_queues_or_the_alternate(mq: PubSub) -> None:
+    for queue in ("q0", "q1", "q2"):
+        mq.declare(queue)
+    mq.exchange("t", "topic")
+    mq.exchange("alt", "fanout", alternate="q0")
+    assert mq.store.exchange_copies("t") == 0
+    assert mq.store.exchange_copies("alt") == 1  # nothing bound: the alternate queue
+    mq.bind("t", "q1", "a.*")
+    mq.bind("t", "q1", "#")  # a queue bound twice is still one copy
+    mq.bind("t", "q2", "b")
+    assert mq.store.exchange_copies("t") == 2
+    assert mq.store.exchange_copies("nope") == 0
+    assert mq.store.exchange_copies("") == 0
+
+
 def test_declare_exchange_created_exists_conflict_invalid(mq: PubSub) -> None:
     assert mq.exchange("x", "topic")["status"] == "created"
     assert mq.exchange("x", "topic")["status"] == "exists"
