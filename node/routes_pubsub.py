@@ -318,11 +318,16 @@ async def append_records(request: web.Request) -> web.Response:
     body = await read_json(request)
     reject_unknown(body, {"records"})
     records = body.get("records")
-    if isinstance(records, list):
-        for record in records:
-            if isinstance(record, dict) and "delay" in record:
-                raise bad_request("stream records take no delay")
-    checked = publish_command(stream, {"messages": records}, request.app[CONFIG].limits, now_ms())
+    limits = request.app[CONFIG].limits
+    # Checked here too so that the error names this endpoint's field, not the queue's "messages".
+    if not isinstance(records, list) or not records:
+        raise bad_request("records must be a non-empty list")
+    if len(records) > limits.max_batch:
+        raise bad_request(f"at most {limits.max_batch} records per request")
+    for record in records:
+        if isinstance(record, dict) and "delay" in record:
+            raise bad_request("stream records take no delay")
+    checked = publish_command(stream, {"messages": records}, limits, now_ms())
     result = await _commit(
         request,
         {
@@ -391,7 +396,6 @@ async def read_records(request: web.Request) -> web.Response:
         max_bytes=READ_MAX_BYTES,
     )
     while True:
-        event = waiters.event(stream_wait_key(stream))
         batch = _read(request, read)
         if batch is None:
             raise _stream_missing(stream)
@@ -405,6 +409,16 @@ async def read_records(request: web.Request) -> web.Response:
                 "too many long polls on this node",
                 {"Retry-After": "1"},
             )
+        # The event is taken only before a wait: one taken for every read stayed
+        # behind until an append to that name, so reads of missing streams piled
+        # up one per name. Reading again after taking it keeps the no-lost-wake-up
+        # rule (an append applied in between either shows here or sets the event).
+        event = waiters.event(stream_wait_key(stream))
+        batch = _read(request, read)
+        if batch is None:
+            raise _stream_missing(stream)
+        if batch["records"]:
+            return json_response(batch)
         await waiters.wait(event, min(remaining, 1.0))
         raft.require_leader()
 

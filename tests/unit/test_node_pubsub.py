@@ -9,7 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from cluster.errors import UnknownOutcome
-from node.app import make_app
+from node.app import WAITERS, make_app
+from node.routes_pubsub import stream_wait_key
 from tests.unit.test_node_app import FakeRaft, node_config
 
 Client = TestClient[Any, Any]
@@ -253,6 +254,23 @@ async def test_append_read_and_groups(client: Client) -> None:
     )
 
 
+async def test_append_errors_name_the_records_field(client: Client) -> None:
+    await client.put("/v1/streams/s", json={})
+    bad_appends: list[dict[str, Any]] = [
+        {},
+        {"records": []},
+        {"records": "x"},
+        {"records": [{"body": "x"}] * 1001},
+    ]
+    for bad in bad_appends:
+        error = await expect(
+            await client.post("/v1/streams/s/records", json=bad), 400, "invalid_request"
+        )
+        assert "records" in error["error"]["message"], error
+    info = await expect(await client.get("/v1/streams/s"), 200)
+    assert info["next_offset"] == 0
+
+
 async def test_stream_long_poll_wakes_on_append(client: Client) -> None:
     await client.put("/v1/streams/s", json={})
     waiting = asyncio.create_task(client.get("/v1/streams/s/records?offset=0&wait=10"))
@@ -263,6 +281,23 @@ async def test_stream_long_poll_wakes_on_append(client: Client) -> None:
     assert [r["body"] for r in (await resp.json())["records"]] == ["late"]
     empty = await expect(await client.get("/v1/streams/s/records?offset=1&wait=0.1"), 200)
     assert empty["records"] == [] and empty["next_offset"] == 1
+
+
+async def test_reads_answered_at_once_leave_no_wake_up_event(client: Client) -> None:
+    """Only a read about to wait takes an event: one per read stayed behind until an
+    append to that name, so reading ever new missing names grew the node without bound."""
+    await client.put("/v1/streams/s", json={})
+    await client.post("/v1/streams/s/records", json={"records": [{"body": "a"}]})
+    missing = [f"gone{i}" for i in range(3)]
+    for stream in missing:
+        await expect(await client.get(f"/v1/streams/{stream}/records"), 404, "stream_not_found")
+        path = f"/v1/streams/{stream}/records?wait=1"
+        await expect(await client.get(path), 404, "stream_not_found")
+    await expect(await client.get("/v1/streams/s/records?offset=0&wait=5"), 200)
+    await expect(await client.get("/v1/streams/s/records?offset=1"), 200)
+    assert client.app is not None
+    waiters = client.app[WAITERS]
+    assert waiters.watched({stream_wait_key(s) for s in ["s", *missing]}) == set()
 
 
 async def test_stream_reads_need_the_leader_and_each_takes_a_barrier(
