@@ -134,6 +134,20 @@ class BrokerCollector(Collector):
             for follower, match in sorted(status["match_index"].items()):
                 lag.add_metric([follower], max(0, status["commit_index"] - match))
         yield lag
+        # Lag stays 0 for a follower that died while no writes came: this shows it.
+        up = GaugeMetricFamily(
+            "raftmq_raft_member_up",
+            "1 while this node has a Raft connection to the member (itself included).",
+            labels=["member"],
+        )
+        for member in status["members"]:
+            up.add_metric([member["raft"]], int(member["state"] != "unreachable"))
+        yield up
+        quorum = GaugeMetricFamily(
+            "raftmq_raft_has_quorum", "1 while this node reaches a majority of the members."
+        )
+        quorum.add_metric([], int(status["has_quorum"]))
+        yield quorum
         leader_changes = CounterMetricFamily(
             "raftmq_raft_leader_changes", "Leader changes seen by this node."
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import collections
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -200,7 +201,14 @@ class Subscription(Iterator["ReceivedMessage"]):
             if self._state.temporary:
                 raise
             # A named queue declared elsewhere with its own settings: use it as it is.
-        client.bind(exchange, self._state.queue, pattern)
+        try:
+            client.bind(exchange, self._state.queue, pattern)
+        except BaseException:
+            # No Subscription is returned, so nothing would ever delete the queue.
+            if self._state.temporary:
+                with contextlib.suppress(Exception):
+                    client.delete_queue(self._state.queue)
+            raise
 
     @property
     def queue(self) -> str:
@@ -287,7 +295,16 @@ class AsyncSubscription(AsyncIterator["ReceivedMessage"]):
             except Conflict:
                 if self._state.temporary:
                     raise
-            await self._client.bind(self._state.exchange, self._state.queue, self._state.pattern)
+            try:
+                await self._client.bind(
+                    self._state.exchange, self._state.queue, self._state.pattern
+                )
+            except BaseException:
+                # Not started, so aclose() would not delete the temporary queue.
+                if self._state.temporary:
+                    with contextlib.suppress(Exception):
+                        await self._client.delete_queue(self._state.queue)
+                raise
             self._started = True
         return self
 

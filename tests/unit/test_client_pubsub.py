@@ -214,3 +214,17 @@ async def test_async_client_subscription_and_streams(server: Server) -> None:
         assert [r.body for r in batch.records] == ["c"]
         await amq.commit_offset("s", "g", 3)
         assert await amq.group_offset("s", "g") == 3
+
+
+def test_failed_subscribe_leaves_no_temporary_queue(mq: Client) -> None:
+    with pytest.raises(ExchangeNotFound):
+        mq.subscribe("missing", "#")
+    assert not [q["name"] for q in mq.queues() if q["name"].startswith("sub.")]
+
+
+async def test_failed_async_subscribe_leaves_no_temporary_queue(server: Server) -> None:
+    async with AsyncClient([server.url], retry_deadline=2.0) as amq:
+        with pytest.raises(ExchangeNotFound):
+            async with amq.subscribe("missing", "#"):
+                pass
+        assert not [q["name"] for q in await amq.queues() if q["name"].startswith("sub.")]

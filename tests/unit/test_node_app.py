@@ -336,3 +336,20 @@ async def test_metrics_exposition(client: TestClient[Any, Any]) -> None:
     assert "raftmq_http_request_duration_seconds_bucket" in text
     assert 'route="/v1/queues/{queue}/messages"' in text
     assert "process_resident_memory_bytes" in text
+
+
+async def test_metrics_show_an_unreachable_member(
+    client: TestClient[Any, Any], fake: FakeRaft, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle cluster's lag stays 0 for a dead follower; member_up must show it."""
+    status = fake.status()
+    status["members"].append({"raft": "127.0.0.1:2", "state": "unreachable"})
+    status["members"].append({"raft": "127.0.0.1:3", "state": "connected"})
+    status["match_index"] = {"127.0.0.1:2": 1, "127.0.0.1:3": 1}
+    monkeypatch.setattr(fake, "status", lambda: status)
+    text = await (await client.get("/metrics")).text()
+    assert 'raftmq_raft_follower_lag_entries{follower="127.0.0.1:2"} 0.0' in text
+    assert 'raftmq_raft_member_up{member="127.0.0.1:1"} 1.0' in text
+    assert 'raftmq_raft_member_up{member="127.0.0.1:2"} 0.0' in text
+    assert 'raftmq_raft_member_up{member="127.0.0.1:3"} 1.0' in text
+    assert "raftmq_raft_has_quorum 1.0" in text
