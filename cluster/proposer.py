@@ -76,8 +76,9 @@ class Proposer:
         """Commit `command` through Raft and return its result from storage."""
         if self._waiting >= self._max_pending:
             raise Overloaded(f"{self._waiting} commands are waiting for Raft")
+        admitted = 0
         if self.storage is not None and command.get("op") in GROWING_OPS:
-            self._admit(command, self.storage)
+            admitted = self._admit(command, self.storage)
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._pending.append((command, future))
         self._waiting += 1
@@ -92,9 +93,11 @@ class Proposer:
             ) from None
         finally:
             self._waiting -= 1
+            if admitted and self.storage is not None:
+                self.storage.settled(admitted)
 
-    def _admit(self, command: dict[str, Any], storage: StorageGuard) -> None:
-        """Raise StorageFull unless the storage guard admits the bytes `command` stores."""
+    def _admit(self, command: dict[str, Any], storage: StorageGuard) -> int:
+        """The bytes the storage guard admitted for `command`; StorageFull if it did not."""
         size = len(orjson.dumps(command))
         copies = 1
         exchange = command.get("exchange")
@@ -105,6 +108,7 @@ class Proposer:
             if copies > 1:
                 refused += f" (the exchange copies this publish to {copies} queues)"
             raise StorageFull(refused)
+        return size * copies
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -108,6 +108,9 @@ class StorageGuard:
         self._capacity_bytes = capacity_bytes
         self._min_free_disk_bytes = min_free_disk_bytes
         self._admitted_since = 0
+        # Admitted and not yet applied here (or failed): the next look cannot see
+        # them in the store yet, so they stay projected past it.
+        self._in_flight = 0
         # Bytes that may be admitted after the last look before a limit is
         # projected to be crossed: the proposer's check is one comparison.
         self._room = 0.0
@@ -121,12 +124,9 @@ class StorageGuard:
         reason = self.full()
         if reason is None:
             total = self._admitted_since + command_bytes
-            if total <= self._room:
+            if total <= self._room or (reason := self._projected(total)) is None:
                 self._admitted_since = total
-                return None
-            reason = self._projected(total)
-            if reason is None:
-                self._admitted_since = total
+                self._in_flight += command_bytes
                 return None
             if command_bytes > self._room:
                 return f"a write of {max(1, command_bytes >> 10)} KiB does not fit: {reason}"
@@ -135,6 +135,10 @@ class StorageGuard:
             self._alarmed = True
             logger.warning("storage alarm: publishes and appends refused: %s", reason)
         return reason
+
+    def settled(self, command_bytes: int) -> None:
+        """An admitted command was applied on this node, or failed (event loop)."""
+        self._in_flight = max(0, self._in_flight - command_bytes)
 
     def full(self) -> str | None:
         """Why growing commands are refused now, or None (event loop)."""
@@ -155,7 +159,8 @@ class StorageGuard:
 
     def refresh(self) -> StorageUse:
         was_full = self.full() is not None
-        self._admitted_since = 0
+        # What is applied shows in this look; what is still in flight does not.
+        self._admitted_since = self._in_flight
         self._room_used_up = None
         use = assess(
             self._live_bytes(),

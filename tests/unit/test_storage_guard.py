@@ -51,10 +51,28 @@ def test_admitted_bytes_count_until_the_next_look(tmp_path: Path) -> None:
     assert refused is not None and "would hold" in refused
     assert guard.full() == refused
     assert guard.admit(1) == refused  # the alarm refuses even the smallest write
-    store.live = 10 * MIB  # what the store really holds at the next look
+    guard.settled(25 * MIB)  # the first write was applied...
+    store.live = 10 * MIB  # ...and this is what the store really holds at the next look
     guard.refresh()
     assert guard.full() is None
     assert guard.admit(25 * MIB) is None
+
+
+def test_bytes_admitted_and_not_yet_applied_stay_projected_past_the_next_look(
+    tmp_path: Path,
+) -> None:
+    """A look sees only what is applied: a slow commit must not let its bytes be forgotten
+    (under load a flood of small publishes overfilled a 16 MiB store that way)."""
+    store = FakeStore()
+    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    assert guard.admit(25 * MIB) is None  # 30 MiB of room at 3 store bytes a byte
+    guard.refresh()  # not applied yet: the store still looks empty
+    assert guard.admit(10 * MIB) is not None
+    guard.settled(25 * MIB)  # applied: now it is in the store
+    store.live = 40 * MIB
+    guard.refresh()
+    assert guard.full() is None
+    assert guard.admit(10 * MIB) is None  # (90 - 40) / 3 = 16.7 MiB of room
 
 
 def test_one_write_too_large_for_the_room_left_is_refused_alone(
