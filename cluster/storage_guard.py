@@ -87,8 +87,9 @@ class StorageGuard:
 
     `refresh` runs on the event loop: the store's page counts and a statvfs
     take tens of microseconds. Between two looks the proposer asks before each
-    growing command (`admit`), and the bytes admitted, that command's
-    included, are projected onto the last look, so neither a burst of
+    growing command (`admit`), and the bytes admitted since that look or still
+    not applied at it, that command's included, are projected onto it (`settled`
+    says when a command is applied), so neither a burst of
     publishes nor one large request can run past the limits within one period.
     A write too large for the room the last look left is refused alone; one
     that would fit but finds the room used up by those admitted before it
