@@ -702,7 +702,8 @@ def _queue_paths(limits: Limits) -> dict[str, Schema]:
             "post": _operation(
                 "receive",
                 "queues",
-                "Lease up to `max` messages, long-polling up to `wait` seconds.",
+                "Lease up to `max` messages, long-polling up to `wait` seconds; the answer "
+                "stops once its bodies reach 4 MiB (always at least one message).",
                 {
                     "200": _json_response(
                         "The leased messages (possibly none).",

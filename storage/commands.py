@@ -27,6 +27,10 @@ PROMOTE_LIMIT: Final = 10000
 SCAN_BUDGET: Final = 10000
 # Most outdated dedup entries one publish forgets.
 DEDUP_EXPIRE_LIMIT: Final = 1000
+# A receive stops leasing once the bodies it leased reach this (always at least one
+# message): it bounds an answer's size, and the pages one lease rewrites, whatever
+# `max` times the message size would be (1,000 messages of 1 MiB).
+RECEIVE_MAX_BYTES: Final = 4 << 20
 MAX_ADDRESS_BYTES: Final = 255
 
 Command = dict[str, Any]
@@ -178,12 +182,16 @@ def receive(m: Mutation, cmd: Command) -> Result:
     lease_ms = _int(cmd, "lease_ms", default=q.config["visibility_timeout_ms"])
     m.promote_due(q, PROMOTE_LIMIT)
     deliveries: list[dict[str, Any]] = []
+    body_bytes = 0
     for seq, message, reason in m.scan_ready(q, wanted, wanted + SCAN_BUDGET):
         if reason is not None:
             m.dead_letter(q, seq, message, reason)
             continue
         m.lease(q, seq, message, token, lease_ms)
         deliveries.append(_delivery(seq, message, token))
+        body_bytes += len(message["body"])
+        if body_bytes >= RECEIVE_MAX_BYTES:
+            break
     return {"status": "ok", "messages": deliveries}
 
 

@@ -631,3 +631,18 @@ def test_register_and_unregister_nodes(broker: Broker) -> None:
     assert broker.run("unregister_node", raft="h:1") == {"status": "ok"}
     assert broker.run("unregister_node", raft="h:1") == {"status": "not_found"}
     assert list(broker.store.nodes()) == ["h:2"]
+
+
+def test_a_receive_stops_once_its_bodies_reach_the_byte_bound(broker: Broker) -> None:
+    """`max` times the message size could be a gigabyte; one lease is bounded instead."""
+    broker.declare("big")
+    body = "x" * 1_000_000
+    for i in range(10):
+        broker.publish("big", {"id": f"m{i}", "body": body, "headers": {}})
+    first = broker.receive("big", max_count=10)
+    # 4,000,000 bytes after four bodies is under RECEIVE_MAX_BYTES (4 MiB): five.
+    assert ids(first) == [f"m{i}" for i in range(5)]
+    assert ids(broker.receive("big", max_count=10)) == [f"m{i}" for i in range(5, 10)]
+    broker.declare("huge")
+    broker.publish("huge", {"id": "h", "body": "y" * (5 << 20), "headers": {}})
+    assert ids(broker.receive("huge", max_count=10)) == ["h"]  # always at least one
