@@ -106,6 +106,7 @@ def rules(metrics_auth: bool) -> dict[tuple[str, str], Rule]:
         ("GET", "/v1/streams/{stream}/records"): _perm(("read", s)),
         ("GET", "/v1/streams/{stream}/groups/{group}"): _perm(("read", s)),
         ("PUT", "/v1/streams/{stream}/groups/{group}"): _perm(("read", s)),
+        ("DELETE", "/v1/streams/{stream}/groups/{group}"): _perm(("read", s)),
     }
 
 

@@ -1152,6 +1152,14 @@ def _stream_paths(limits: Limits) -> dict[str, Schema]:
                 parameters=group,
                 body=_json_body(_ref("OffsetIn")),
             ),
+            "delete": _operation(
+                "deleteGroup",
+                "streams",
+                "Forget a consumer group's committed offset (it reads from 0 again).",
+                {"204": _no_content("Deleted, or there was none."), **not_found},
+                leader=True,
+                parameters=group,
+            ),
         },
     }
 

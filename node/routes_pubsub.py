@@ -456,6 +456,16 @@ async def commit_offset(request: web.Request) -> web.Response:
     return json_response({"stream": stream, "group": group, "offset": offset})
 
 
+async def delete_group(request: web.Request) -> web.Response:
+    """Forget a group's committed offset (204 whether or not it had one, as a reset)."""
+    stream = _name(request, "stream")
+    group = _name(request, "group")
+    result = await _commit(request, {"op": "delete_group", "stream": stream, "group": group})
+    if result.get("status") != "ok":
+        raise _raise(result, stream)
+    return web.Response(status=204)
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.get("/v1/exchanges", list_exchanges),
@@ -473,4 +483,5 @@ def routes() -> list[web.RouteDef]:
         web.get("/v1/streams/{stream}/records", read_records),
         web.get("/v1/streams/{stream}/groups/{group}", get_group),
         web.put("/v1/streams/{stream}/groups/{group}", commit_offset),
+        web.delete("/v1/streams/{stream}/groups/{group}", delete_group),
     ]

@@ -171,6 +171,7 @@ _EXAMPLES: dict[str, str] = {
             "read": "read audit --group reporter --max 10 --wait 5",
             "commit": "commit audit reporter 42",
             "group-offset": "group-offset audit reporter",
+            "delete-group": "delete-group audit reporter",
         }.items()
     },
 }

@@ -86,6 +86,9 @@ def add_parsers(ops: Any, common: argparse.ArgumentParser) -> None:
     p = ops.add_parser("group-offset", parents=[common], help="a consumer group's offset")
     p.add_argument("stream")
     p.add_argument("group")
+    p = ops.add_parser("delete-group", parents=[common], help="forget a consumer group")
+    p.add_argument("stream")
+    p.add_argument("group")
 
 
 def _body(text: str) -> str | bytes:
@@ -302,6 +305,14 @@ def _group_offset(client: Client, args: argparse.Namespace, as_json: bool) -> No
         base._out(str(offset))
 
 
+def _delete_group(client: Client, args: argparse.Namespace, as_json: bool) -> None:
+    client.delete_group(args.stream, args.group)
+    if as_json:
+        base._json_out({"stream": args.stream, "group": args.group, "deleted": True})
+    else:
+        base._out(f"group '{args.group}' of '{args.stream}' deleted")
+
+
 OPS: dict[str, Op] = {
     "exchanges": _exchanges,
     "exchange": _exchange,
@@ -318,4 +329,5 @@ OPS: dict[str, Op] = {
     "read": _read,
     "commit": _commit,
     "group-offset": _group_offset,
+    "delete-group": _delete_group,
 }

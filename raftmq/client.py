@@ -547,6 +547,10 @@ def _op_group_offset(stream: str, group: str) -> _Call[int]:
     return _Call("GET", _group_path(stream, group), lambda d: int(d["offset"]))
 
 
+def _op_delete_group(stream: str, group: str) -> _Call[None]:
+    return _Call("DELETE", _group_path(stream, group), _none)
+
+
 def _dict(d: Any) -> JSONDict:
     if not isinstance(d, dict):
         raise TypeError("expected a JSON object")
@@ -1193,6 +1197,10 @@ class Client(_Base):
         """The group's committed offset (0 when it never committed)."""
         return self._run(_op_group_offset(stream, group))
 
+    def delete_group(self, stream: str, group: str) -> None:
+        """Forgets the group's committed offset (it reads from 0 again)."""
+        self._run(_op_delete_group(stream, group))
+
     def add_member(self, node_id: str, raft: str, http: str) -> list[JSONDict]:
         """Adds a voting member (start it afterwards with the member list); returns members."""
         return self._run(_op_add_member(node_id, raft, http))
@@ -1618,6 +1626,10 @@ class AsyncClient(_Base):
     async def group_offset(self, stream: str, group: str) -> int:
         """The group's committed offset (0 when it never committed)."""
         return await self._run(_op_group_offset(stream, group))
+
+    async def delete_group(self, stream: str, group: str) -> None:
+        """Forgets the group's committed offset (it reads from 0 again)."""
+        await self._run(_op_delete_group(stream, group))
 
     async def add_member(self, node_id: str, raft: str, http: str) -> list[JSONDict]:
         """Adds a voting member (start it afterwards with the member list); returns members."""

@@ -259,6 +259,17 @@ def commit_offset(m: Mutation, cmd: Command) -> Result:
     return {"status": "ok", "offset": offset}
 
 
+def delete_group(m: Mutation, cmd: Command) -> Result:
+    """Forget a consumer group's committed offset; `deleted` says whether it had one."""
+    stream = name(cmd, "stream")
+    group = name(cmd, "group")
+    state = _load(m.txn, m.dbs, stream)
+    if state is None:
+        return _not_found(stream)
+    deleted = m.txn.delete(state.prefix + group.encode(), db=m.dbs.groups)
+    return {"status": "ok", "deleted": bool(deleted)}
+
+
 def read_barrier(m: Mutation, cmd: Command) -> Result:
     """Changes nothing: once applied, every entry committed before it has been applied too."""
     return {"status": "ok"}
@@ -269,6 +280,7 @@ HANDLERS: Final = {
     "delete_stream": delete_stream,
     "append_records": append_records,
     "commit_offset": commit_offset,
+    "delete_group": delete_group,
     "read_barrier": read_barrier,
 }
 

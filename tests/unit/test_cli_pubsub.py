@@ -75,6 +75,9 @@ def test_stream_commands(ctl: Ctl) -> None:
     assert ctl.text("group-offset", "s", "g").strip() == "1"
     assert [r["offset"] for r in ctl.json("read", "s", "--group", "g")["records"]] == [1]
     assert ctl.json("stream", "s")["groups"] == {"g": 1}
+    assert "deleted" in ctl.text("delete-group", "s", "g")
+    assert ctl.json("stream", "s")["groups"] == {}
+    assert ctl.json("commit", "s", "g", "1")["offset"] == 1
     assert "GROUP" in ctl.text("stream", "s")
     assert "RECORDS" in ctl.text("streams")
     assert ctl.json("delete-stream", "s") == {"deleted": "s"}

@@ -231,6 +231,11 @@ async def test_append_read_and_groups(client: Client) -> None:
     )
     info = await expect(await client.get("/v1/streams/s"), 200)
     assert info["groups"] == {"g": 1}
+    assert (await client.delete("/v1/streams/s/groups/g")).status == 204
+    assert (await client.delete("/v1/streams/s/groups/g")).status == 204  # idempotent
+    assert (await expect(await client.get("/v1/streams/s"), 200))["groups"] == {}
+    await expect(await client.delete("/v1/streams/nope/groups/g"), 404, "stream_not_found")
+    await expect(await client.delete("/v1/streams/s/groups/bad%20name"), 400, "invalid_name")
     for query in (
         "offset=-1",
         "offset=x",

@@ -416,6 +416,11 @@ def test_consumer_group_offsets(mq: PubSub) -> None:
         "stream_not_found"
     )
     assert mq.store.view(lambda txn, dbs: streams.groups(txn, dbs, "s")) == {"g": 3}
+    assert mq.run("delete_group", stream="s", group="g") == {"status": "ok", "deleted": True}
+    assert mq.run("delete_group", stream="s", group="g") == {"status": "ok", "deleted": False}
+    assert mq.store.view(lambda txn, dbs: streams.groups(txn, dbs, "s")) == {}
+    assert mq.read("s", offset=None, group="g")["records"][0]["offset"] == 0  # from the start
+    assert mq.run("delete_group", stream="x", group="g")["status"] == "stream_not_found"
 
 
 def test_delete_stream_then_reap_removes_records_dedup_and_groups(mq: PubSub) -> None:
