@@ -116,25 +116,23 @@ class StorageGuard:
         # projected to be crossed: the proposer's check is one comparison.
         self._room = 0.0
         self._room_used_up: str | None = None  # the projection that started the alarm
-        self._alarmed = False  # the alarm's start was logged and its end not yet
         self.use = StorageUse(0, capacity_bytes, 0, None)
         self.refresh()
 
     def admit(self, command_bytes: int) -> str | None:
         """Counts a growing command of this (serialized) size, or says why it is refused."""
         reason = self.full()
-        if reason is None:
-            total = self._admitted_since + command_bytes
-            if total <= self._room or (reason := self._projected(total)) is None:
-                self._admitted_since = total
-                self._in_flight += command_bytes
-                return None
-            if command_bytes > self._room:
-                return f"a write of {max(1, command_bytes >> 10)} KiB does not fit: {reason}"
-            self._room_used_up = reason
-        if not self._alarmed:
-            self._alarmed = True
-            logger.warning("storage alarm: publishes and appends refused: %s", reason)
+        if reason is not None:
+            return reason
+        total = self._admitted_since + command_bytes
+        if total <= self._room or (reason := self._projected(total)) is None:
+            self._admitted_since = total
+            self._in_flight += command_bytes
+            return None
+        if command_bytes > self._room:
+            return f"a write of {max(1, command_bytes >> 10)} KiB does not fit: {reason}"
+        self._room_used_up = reason  # the alarm starts here; the next look keeps or ends it
+        logger.warning("storage alarm: publishes and appends refused: %s", reason)
         return reason
 
     def settled(self, command_bytes: int) -> None:
@@ -170,11 +168,10 @@ class StorageGuard:
             self._min_free_disk_bytes,
             was_full=was_full,
         )
-        if use.full is not None and not self._alarmed:
+        if use.full is not None and not was_full:
             logger.warning("storage alarm: publishes and appends refused: %s", use.full)
-        elif use.full is None and self._alarmed:
+        elif use.full is None and was_full:
             logger.warning("storage alarm cleared: publishes and appends accepted again")
-        self._alarmed = use.full is not None
         self.use = use
         # assess() of the projection in admit(), solved for the bytes admitted.
         k = STORE_BYTES_PER_PROPOSED

@@ -395,6 +395,7 @@ async def read_records(request: web.Request) -> web.Response:
         limit=limit,
         max_bytes=READ_MAX_BYTES,
     )
+    event: asyncio.Event | None = None
     while True:
         batch = _read(request, read)
         if batch is None:
@@ -402,24 +403,22 @@ async def read_records(request: web.Request) -> web.Response:
         remaining = deadline - loop.time()
         if batch["records"] or remaining <= 0:
             return json_response(batch)
-        if waiters.full:
-            raise ApiError(
-                503,
-                "too_many_waiters",
-                "too many long polls on this node",
-                {"Retry-After": "1"},
-            )
-        # The event is taken only before a wait: one taken for every read stayed
-        # behind until an append to that name, so reads of missing streams piled
-        # up one per name. Reading again after taking it keeps the no-lost-wake-up
-        # rule (an append applied in between either shows here or sets the event).
-        event = waiters.event(stream_wait_key(stream))
-        batch = _read(request, read)
-        if batch is None:
-            raise _stream_missing(stream)
-        if batch["records"]:
-            return json_response(batch)
+        if event is None:
+            if waiters.full:
+                raise ApiError(
+                    503,
+                    "too_many_waiters",
+                    "too many long polls on this node",
+                    {"Retry-After": "1"},
+                )
+            # The event is taken only once a read found nothing to answer: one taken
+            # for every read stayed behind until an append to that name, so reads of
+            # missing streams piled up one per name. The read after taking it keeps
+            # the no-lost-wake-up rule (an append in between shows there or sets it).
+            event = waiters.event(stream_wait_key(stream))
+            continue
         await waiters.wait(event, min(remaining, 1.0))
+        event = None
         raft.require_leader()
 
 

@@ -18,6 +18,7 @@ TCPTransport must find violations, which shows the check is not vacuous.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import select
 import signal
@@ -467,23 +468,40 @@ class FakeSyncObj:
         self.tick_callbacks.append(callback)
 
 
-def test_send_flushes_a_dirty_journal_before_sending(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@contextlib.contextmanager
+def _isolated_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, failing_sync: bool = False
+) -> Iterator[tuple[FlushingTransport, DurableJournal, list[str]]]:
+    """A FlushingTransport over a real journal; ``events`` records each fdatasync and send.
+
+    With ``failing_sync`` every fdatasync raises EIO (and records nothing).
+    """
     events: list[str] = []
 
     def syncer(fd: int) -> None:
+        if failing_sync:
+            raise OSError(5, "EIO")
         os.fdatasync(fd)
         events.append("fdatasync")
 
     def tcp_send(self: Any, node: Any, message: Any) -> bool:
-        events.append(f"send {message['type']}")
+        events.append(f"send {message['type']} {message.get('n', '')}".rstrip())
         return False
 
     monkeypatch.setattr(pysyncobj.transport.TCPTransport, "send", tcp_send)
     journal = DurableJournal(str(tmp_path / "j"), syncer=syncer)
     transport = FlushingTransport(FakeSyncObj(journal.path, journal), None, [])
     try:
+        yield transport, journal, events
+    finally:
+        transport.destroy()
+        journal.close()
+
+
+def test_send_flushes_a_dirty_journal_before_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _isolated_transport(tmp_path, monkeypatch) as (transport, journal, events):
         assert transport.journal is journal
         journal.add(b"a", 1, 1)
         journal.add(b"b", 2, 1)
@@ -498,28 +516,12 @@ def test_send_flushes_a_dirty_journal_before_sending(
             "fdatasync",
             "send next_node_idx",
         ]
-    finally:
-        transport.destroy()
-        journal.close()
 
 
 def test_held_acknowledgements_leave_in_order_after_one_fdatasync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events: list[str] = []
-
-    def syncer(fd: int) -> None:
-        os.fdatasync(fd)
-        events.append("fdatasync")
-
-    def tcp_send(self: Any, node: Any, message: Any) -> bool:
-        events.append(f"send {message['type']} {message.get('n', '')}".rstrip())
-        return False
-
-    monkeypatch.setattr(pysyncobj.transport.TCPTransport, "send", tcp_send)
-    journal = DurableJournal(str(tmp_path / "j"), syncer=syncer)
-    transport = FlushingTransport(FakeSyncObj(journal.path, journal), None, [])
-    try:
+    with _isolated_transport(tmp_path, monkeypatch) as (transport, journal, events):
         transport.hold_acknowledgements()
         for n in (1, 2, 3):
             journal.add(b"x", n, 1)
@@ -541,25 +543,16 @@ def test_held_acknowledgements_leave_in_order_after_one_fdatasync(
         transport.send(object(), {"type": "response_vote"})
         transport.release_acknowledgements()
         assert events == ["fdatasync", "send next_node_idx 4", "send response_vote"]
-    finally:
-        transport.destroy()
-        journal.close()
 
 
 def test_held_acknowledgements_are_dropped_when_the_fdatasync_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[Any] = []
-    monkeypatch.setattr(
-        pysyncobj.transport.TCPTransport, "send", lambda self, node, msg: sent.append(msg)
-    )
-
-    def failing(fd: int) -> None:
-        raise OSError(5, "EIO")
-
-    journal = DurableJournal(str(tmp_path / "j"), syncer=failing)
-    transport = FlushingTransport(FakeSyncObj(journal.path, journal), None, [])
-    try:
+    with _isolated_transport(tmp_path, monkeypatch, failing_sync=True) as (
+        transport,
+        journal,
+        sent,
+    ):
         transport.hold_acknowledgements()
         journal.add(b"a", 1, 1)
         transport.send(object(), {"type": "next_node_idx"})
@@ -567,32 +560,20 @@ def test_held_acknowledgements_are_dropped_when_the_fdatasync_fails(
             transport.release_acknowledgements()
         transport.release_acknowledgements()  # nothing is left to send
         assert sent == []
-    finally:
-        transport.destroy()
-        journal.close()
 
 
 def test_send_after_a_failed_fdatasync_sends_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sent: list[Any] = []
-    monkeypatch.setattr(
-        pysyncobj.transport.TCPTransport, "send", lambda self, node, msg: sent.append(msg)
-    )
-
-    def failing(fd: int) -> None:
-        raise OSError(5, "EIO")
-
-    journal = DurableJournal(str(tmp_path / "j"), syncer=failing)
-    transport = FlushingTransport(FakeSyncObj(journal.path, journal), None, [])
-    try:
+    with _isolated_transport(tmp_path, monkeypatch, failing_sync=True) as (
+        transport,
+        journal,
+        sent,
+    ):
         journal.add(b"a", 1, 1)
         with pytest.raises(OSError):
             transport.send(object(), {"type": "next_node_idx"})
         assert sent == []
-    finally:
-        transport.destroy()
-        journal.close()
 
 
 def test_transport_refuses_a_file_journal_that_is_not_durable(tmp_path: Path) -> None:

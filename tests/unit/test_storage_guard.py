@@ -42,9 +42,15 @@ class FakeStore:
         return self.live
 
 
-def test_admitted_bytes_count_until_the_next_look(tmp_path: Path) -> None:
+def _guard(tmp_path: Path, live: int = 0) -> tuple[FakeStore, StorageGuard]:
+    """A guard over a 100 MiB store holding `live` bytes, with no disk rule."""
     store = FakeStore()
-    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    store.live = live
+    return store, StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+
+
+def test_admitted_bytes_count_until_the_next_look(tmp_path: Path) -> None:
+    store, guard = _guard(tmp_path)
     # 90 MiB before the alarm, 3 store bytes projected for a byte admitted: 30 MiB.
     assert guard.admit(25 * MIB) is None
     refused = guard.admit(25 * MIB)  # would fit alone: the room is used up, the alarm starts
@@ -63,8 +69,7 @@ def test_bytes_admitted_and_not_yet_applied_stay_projected_past_the_next_look(
 ) -> None:
     """A look sees only what is applied: a slow commit must not let its bytes be forgotten
     (under load a flood of small publishes overfilled a 16 MiB store that way)."""
-    store = FakeStore()
-    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    store, guard = _guard(tmp_path)
     assert guard.admit(25 * MIB) is None  # 30 MiB of room at 3 store bytes a byte
     guard.refresh()  # not applied yet: the store still looks empty
     assert guard.admit(10 * MIB) is not None
@@ -78,9 +83,7 @@ def test_bytes_admitted_and_not_yet_applied_stay_projected_past_the_next_look(
 def test_one_write_too_large_for_the_room_left_is_refused_alone(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = FakeStore()
-    store.live = 60 * MIB
-    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    _, guard = _guard(tmp_path, live=60 * MIB)
     with caplog.at_level(logging.WARNING, logger="cluster.storage_guard"):
         # 30 MiB of room before 90 %: 10 MiB of commands, at 3 store bytes a byte.
         refused = guard.admit(12 * MIB)
@@ -93,8 +96,7 @@ def test_one_write_too_large_for_the_room_left_is_refused_alone(
 
 
 def test_a_full_store_stays_full_until_it_is_under_the_lower_ratio(tmp_path: Path) -> None:
-    store = FakeStore()
-    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    store, guard = _guard(tmp_path)
     store.live = 91 * MIB
     guard.refresh()
     store.live = 88 * MIB  # under the ratio that starts the alarm, over the one that ends it
@@ -111,8 +113,7 @@ def test_a_full_store_stays_full_until_it_is_under_the_lower_ratio(tmp_path: Pat
 def test_the_alarm_is_logged_when_it_starts_and_ends(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = FakeStore()
-    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    store, guard = _guard(tmp_path)
     with caplog.at_level(logging.WARNING, logger="cluster.storage_guard"):
         store.live = 95 * MIB
         guard.refresh()
@@ -127,8 +128,7 @@ def test_the_alarm_is_logged_when_it_starts_and_ends(
 def test_an_alarm_started_by_the_projection_is_logged_when_it_starts_and_ends(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = FakeStore()
-    guard = StorageGuard(store.live_bytes, str(tmp_path), 100 * MIB, 0)
+    store, guard = _guard(tmp_path)
     with caplog.at_level(logging.WARNING, logger="cluster.storage_guard"):
         assert guard.admit(29 * MIB) is None
         assert guard.admit(2 * MIB) is not None  # the room is used up: the alarm starts
