@@ -5,6 +5,7 @@
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ HANDOVER_WAIT_S = 2.0
 # After refusing a body (413, 408), the rest of it is read and dropped for this
 # long before the connection is closed, so the client sees the answer, not a reset.
 LINGER_S = 2.0
+# Allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 
 async def _initial_peers(config: NodeConfig, peer_ssl: ssl.SSLContext | None) -> NodeConfig:
@@ -120,6 +123,23 @@ async def _hand_over_leadership(raft: RaftNode) -> None:
         logger.warning("stopping without handing the leadership over: %s", exc)
 
 
+def relax_garbage_collection() -> None:
+    """Collect reference cycles in fewer, larger rounds; never walk the imported modules.
+
+    A node makes several short-lived containers per message (the command, its
+    result, the frames), nearly all freed by reference counting. CPython's
+    default thresholds set off a collection every 700 such allocations and
+    every tenth of those also walks the older generation: about 4 % of a
+    node's CPU during a publish benchmark. Freezing takes what exists before
+    serving (the modules, the configuration) out of every later collection.
+    Cyclic garbage, such as an exception's traceback, is still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     logs.setup_logging(config.log_format, config.log_level, config.node_id)
@@ -146,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("cannot restore %s: %s", config.restore, exc)
             return 2
         logger.info("restored %s (state at applied index %d)", config.restore, applied)
+    relax_garbage_collection()
     uvloop.run(serve(config, server_ssl, peer_ssl))
     return 0
 
