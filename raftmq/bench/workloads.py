@@ -74,6 +74,7 @@ class Params:
     linger_ms: float = 1.0
     receivers: int = 1
     loop: str = "asyncio"
+    client_gc: str = "default"  # or "relaxed": see raftmq.bench.cli.relax_client_gc
     transport: str = "ws"  # or "http": one request per publish, long-polling consumers
 
     def as_dict(self) -> dict[str, Any]:
@@ -311,6 +312,8 @@ async def w3(peer: RaftMQ, p: Params, progress: Progress | None = None) -> Resul
         str(p.receivers),
         "--loop",
         p.loop,
+        "--client-gc",
+        p.client_gc,
         "--transport",
         p.transport,
     ]

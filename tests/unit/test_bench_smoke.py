@@ -56,29 +56,22 @@ def _bench_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "raftmq-bench-*")))
 
 
-def test_bench_w1_w2_on_its_own_cluster_writes_valid_json(tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    before = _bench_dirs()
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "raftmq",
-            "bench",
-            "--workloads",
-            "W1,W2",
-            "--scale",
-            "0.01",
-            "--out",
-            str(out),
-            "--markdown",
-        ],
+        [sys.executable, "-m", "raftmq", "bench", *args],
         capture_output=True,
         text=True,
         timeout=90,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_bench_w1_w2_on_its_own_cluster_writes_valid_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    before = _bench_dirs()
+    proc = _bench("--workloads", "W1,W2", "--scale", "0.01", "--out", str(out), "--markdown")
 
     results = json.loads(out.read_text())
     assert results["peer"] == "raftmq"
@@ -107,3 +100,17 @@ def test_proc_cpu_reads_the_cpu_time_of_processes() -> None:
         pass
     assert proc_cpu([os.getpid()]) - before >= 0.1
     assert proc_cpu([]) == 0.0
+
+
+def test_bench_tuned_clients_run_w3_with_its_consumer_process(tmp_path: Path) -> None:
+    """--client-gc relaxed and --loop uvloop reach W3's consumer, a process of its own."""
+    out = tmp_path / "results.json"
+    _bench(
+        *("--workloads", "W3", "--scale", "0.02", "--idle", "2"),
+        *("--client-gc", "relaxed", "--loop", "uvloop", "--out", str(out), "--quiet"),
+    )
+    results = json.loads(out.read_text())
+    assert results["params"]["client_gc"] == "relaxed"
+    assert results["params"]["loop"] == "uvloop"
+    (rep,) = results["reps"]
+    assert rep["w3"]["received"] == rep["w3"]["sent"] > 0
