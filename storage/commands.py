@@ -10,13 +10,12 @@ from typing import Any, Final
 
 from storage import exchanges, keys, streams, users
 from storage.config import (
-    OVERFLOW_DROP_HEAD,
     OVERFLOW_REJECT,
     config_problem,
     normalize_queue_config,
 )
 from storage.errors import InvalidCommand
-from storage.fields import ENCODING_BASE64, Payload, payload
+from storage.fields import ENCODING_BASE64, payload
 from storage.fields import integer as _int
 from storage.fields import string as _str
 from storage.mutation import Mutation, QueueState
@@ -25,8 +24,6 @@ from storage.mutation import Mutation, QueueState
 # looks at beyond the ones it delivers: bounds the work of one Raft entry.
 PROMOTE_LIMIT: Final = 10000
 SCAN_BUDGET: Final = 10000
-# Most outdated dedup entries one publish forgets.
-DEDUP_EXPIRE_LIMIT: Final = 1000
 # A receive stops leasing once the bodies it leased reach this (always at least one
 # message): it bounds an answer's size, and the pages one lease rewrites, whatever
 # `max` times the message size would be (1,000 messages of 1 MiB).
@@ -115,22 +112,7 @@ def publish(m: Mutation, cmd: Command) -> Result:
     outgoing = [payload(raw, id_required=True) for raw in _list(cmd, "messages")]
     if q is None:
         return dict(_NOT_FOUND)
-    cutoff = m.now - window
-    fresh: list[tuple[Payload, bytes, int | None]] = []
-    seen: set[bytes] = set()
-    for message in outgoing:
-        assert message.id is not None  # id_required
-        if window == 0:
-            fresh.append((message, b"", None))
-            continue
-        idk = keys.idkey(message.id)
-        if idk in seen:
-            continue
-        seen.add(idk)
-        published_at = m.dedup_published_at(q, idk)
-        if published_at is not None and published_at > cutoff:
-            continue
-        fresh.append((message, idk, published_at))
+    fresh = m.fresh(q, outgoing, window)
     limit = q.config["max_length"]
     overflow = q.config["overflow"]
     if limit is not None and overflow == OVERFLOW_REJECT and q.total + len(fresh) > limit:
@@ -139,22 +121,7 @@ def publish(m: Mutation, cmd: Command) -> Result:
             "message": f"queue {q.name} holds {q.total} of at most {limit} messages; "
             f"{len(fresh)} more do not fit",
         }
-    for message, idk, previous in fresh:
-        assert message.id is not None
-        seq = m.enqueue(
-            q,
-            message.id,
-            message.body,
-            headers=message.headers,
-            encoding=message.encoding,
-            delay_ms=message.delay_ms,
-        )
-        if window > 0:
-            m.remember_publish(q, idk, seq, previous)
-    if window > 0:
-        m.expire_dedup(q, cutoff, DEDUP_EXPIRE_LIMIT)
-    if overflow == OVERFLOW_DROP_HEAD:
-        m.trim(q, forward=True)
+    m.publish(q, fresh, window)
     return {"status": "ok", "ids": [message.id for message in outgoing]}
 
 

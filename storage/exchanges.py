@@ -19,11 +19,10 @@ from typing import Any, Final
 import lmdb
 
 from storage import keys
-from storage.config import OVERFLOW_DROP_HEAD, OVERFLOW_REJECT
+from storage.config import OVERFLOW_REJECT
 from storage.errors import InvalidCommand
 from storage.fields import (
     Command,
-    Payload,
     Result,
     delete_prefix,
     integer,
@@ -34,11 +33,9 @@ from storage.fields import (
     routing_key,
     string,
 )
-from storage.mutation import Dbs, Mutation, QueueState
+from storage.mutation import Dbs, Fresh, Mutation, QueueState
 from storage.topic import TYPES, Router, build_router
 
-# Most outdated dedup entries one publish forgets per queue (as commands.publish).
-DEDUP_EXPIRE_LIMIT: Final = 1000
 # Most cached routers per store; the oldest entry goes first.
 ROUTER_CACHE_LIMIT: Final = 1024
 
@@ -188,29 +185,6 @@ def router(m: Mutation, exchange: str, record: dict[str, Any]) -> Router:
     return built
 
 
-Fresh = list[tuple[Payload, bytes, int | None]]
-
-
-def _fresh(m: Mutation, q: QueueState, messages: list[Payload], window: int) -> Fresh:
-    """The messages `q` has not seen within the dedup window (as commands.publish decides)."""
-    if window == 0:
-        return [(message, b"", None) for message in messages]
-    cutoff = m.now - window
-    fresh: Fresh = []
-    seen: set[bytes] = set()
-    for message in messages:
-        assert message.id is not None
-        idk = keys.idkey(message.id)
-        if idk in seen:
-            continue
-        seen.add(idk)
-        published_at = m.dedup_published_at(q, idk)
-        if published_at is not None and published_at > cutoff:
-            continue
-        fresh.append((message, idk, published_at))
-    return fresh
-
-
 def publish_exchange(m: Mutation, cmd: Command) -> Result:
     """Route a batch to every matching queue (or the alternate queue) atomically.
 
@@ -237,7 +211,7 @@ def publish_exchange(m: Mutation, cmd: Command) -> Result:
             queues = [fallback]
     plans: list[tuple[QueueState, Fresh]] = []
     for q in queues:
-        fresh = _fresh(m, q, messages, window)
+        fresh = m.fresh(q, messages, window)
         limit = q.config["max_length"]
         if (
             limit is not None
@@ -251,22 +225,7 @@ def publish_exchange(m: Mutation, cmd: Command) -> Result:
             }
         plans.append((q, fresh))
     for q, fresh in plans:
-        for message, idk, previous in fresh:
-            assert message.id is not None
-            seq = m.enqueue(
-                q,
-                message.id,
-                message.body,
-                headers=message.headers,
-                encoding=message.encoding,
-                delay_ms=message.delay_ms,
-            )
-            if window > 0:
-                m.remember_publish(q, idk, seq, previous)
-        if window > 0:
-            m.expire_dedup(q, m.now - window, DEDUP_EXPIRE_LIMIT)
-        if q.config["overflow"] == OVERFLOW_DROP_HEAD:
-            m.trim(q, forward=True)
+        m.publish(q, fresh, window)
     return {
         "status": "ok",
         "routed": {q.name: len(messages) for q in queues},

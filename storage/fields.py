@@ -6,8 +6,7 @@ stream and user modules to dispatch to them, so those cannot import it back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import lmdb
 
@@ -60,9 +59,12 @@ def routing_key(cmd: Command, key: str = "routing_key") -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Payload:
-    """One message or stream record of a command, checked."""
+class Payload(NamedTuple):
+    """One message or stream record of a command, checked.
+
+    A named tuple rather than a frozen dataclass: every node builds one per
+    message it applies, and a tuple is made in a third of the time.
+    """
 
     id: str | None
     body: str

@@ -18,12 +18,16 @@ import lmdb
 from storage import keys
 from storage.config import OVERFLOW_DROP_HEAD, OVERFLOW_REJECT
 from storage.errors import CorruptRecord
+from storage.fields import Payload
 
 READY: Final = "ready"
 DELAYED: Final = "delayed"
 LEASED: Final = "leased"
 _STATE_COUNTER: Final = {READY: "ready_count", DELAYED: "delayed_count", LEASED: "leased_count"}
 _STATE_FIELDS: Final = ("due", "lease", "deadline")
+
+# Most outdated dedup entries one publish forgets.
+DEDUP_EXPIRE_LIMIT: Final = 1000
 
 COUNTERS: Final = (
     "total",
@@ -45,6 +49,9 @@ HEADER_SOURCE: Final = "x-dead-letter-source"
 Message = dict[str, Any]
 # (seq, message, dead-letter reason or None when deliverable)
 Scanned = tuple[int, Message, str | None]
+# Messages a queue has not seen within its dedup window: (message, id key, when the
+# id was last published if an outdated entry for it is still stored).
+Fresh = list[tuple[Payload, bytes, int | None]]
 
 
 class Dbs(NamedTuple):
@@ -272,33 +279,43 @@ class Mutation:
         encoding: str | None,
         delay_ms: int | None,
     ) -> int:
-        """Store a new message at the tail of `q`; delay_ms None means the queue's default."""
-        seq = q.take_seq()
+        """Store a new message at the tail of `q`; delay_ms None means the queue's default.
+
+        Every node runs this once per message it applies, so it keeps to local
+        names and updates the counters directly (as `take_seq` and `add` would).
+        """
+        now = self.now
+        seq = q.next_seq
+        q.next_seq = seq + 1
         message: Message = {
             "id": message_id,
             "body": body,
             "headers": headers,
-            "published_at": self.now,
+            "published_at": now,
             "deliveries": 0,
         }
         if encoding is not None:
             message["encoding"] = encoding
-        ttl = q.config["message_ttl_ms"]
+        config = q.config
+        ttl = config["message_ttl_ms"]
         if ttl is not None:
-            message["expires_at"] = self.now + ttl
-        delay = q.config["delivery_delay_ms"] if delay_ms is None else delay_ms
+            message["expires_at"] = now + ttl
+        delay = config["delivery_delay_ms"] if delay_ms is None else delay_ms
         key = keys.message_key(q.qkey, seq)
+        counters = q.counters
         if delay > 0:
             message["state"] = DELAYED
-            message["due"] = self.now + delay
+            message["due"] = now + delay
             self._index(q, seq, message)
+            counters["delayed_count"] += 1
         else:
             message["state"] = READY
             self._append(self.dbs.ready, key, b"")
+            counters["ready_count"] += 1
         self._append(self.dbs.messages, key, keys.encode(message))
-        q.add("total", 1)
-        q.add(_STATE_COUNTER[message["state"]], 1)
-        q.add("published_total", 1)
+        counters["total"] += 1
+        counters["published_total"] += 1
+        q.dirty = True
         return seq
 
     def remove(self, q: QueueState, seq: int, message: Message) -> None:
@@ -382,19 +399,58 @@ class Mutation:
                     scanned.append((seq, message, reason))
         return scanned
 
-    # Publish deduplication
+    # Publishing
 
-    def dedup_published_at(self, q: QueueState, idk: bytes) -> int | None:
-        """When the id was last published to `q`, if an entry for it is still stored."""
-        raw = self.txn.get(keys.dedup_key(q.dkey, idk), db=self.dbs.dedup)
-        return None if raw is None else keys.dedup_published_at(raw)
+    def fresh(self, q: QueueState, messages: list[Payload], window: int) -> Fresh:
+        """The messages (ids required) that `q` has not seen within `window` ms, once each."""
+        if window == 0:
+            return [(message, b"", None) for message in messages]
+        cutoff = self.now - window
+        fresh: Fresh = []
+        seen: set[bytes] = set()
+        get, dedup, dkey = self.txn.get, self.dbs.dedup, q.dkey
+        for message in messages:
+            assert message.id is not None
+            idk = keys.idkey(message.id)
+            if idk in seen:
+                continue
+            seen.add(idk)
+            raw = get(dkey + idk, db=dedup)
+            published_at = None if raw is None else keys.dedup_published_at(raw)
+            if published_at is not None and published_at > cutoff:
+                continue
+            fresh.append((message, idk, published_at))
+        return fresh
+
+    def publish(self, q: QueueState, fresh: Fresh, window: int) -> None:
+        """Enqueue `fresh` (see `fresh`) at the tail of `q` and remember their ids.
+
+        Then forget the oldest outdated ids and, with drop_head, make room.
+        """
+        for message, idk, previous in fresh:
+            assert message.id is not None
+            seq = self.enqueue(
+                q,
+                message.id,
+                message.body,
+                headers=message.headers,
+                encoding=message.encoding,
+                delay_ms=message.delay_ms,
+            )
+            if window > 0:
+                self.remember_publish(q, idk, seq, previous)
+        if window > 0:
+            self.expire_dedup(q, self.now - window, DEDUP_EXPIRE_LIMIT)
+        if q.config["overflow"] == OVERFLOW_DROP_HEAD:
+            self.trim(q, forward=True)
 
     def remember_publish(self, q: QueueState, idk: bytes, seq: int, previous: int | None) -> None:
         """Record that the id was published now, replacing an outdated entry."""
+        dkey, now, dbs = q.dkey, self.now, self.dbs
         if previous is not None:
-            self.txn.delete(keys.dedup_age_key(q.dkey, previous, idk), db=self.dbs.dedup_age)
-        self._append(self.dbs.dedup, keys.dedup_key(q.dkey, idk), keys.dedup_value(seq, self.now))
-        self._append(self.dbs.dedup_age, keys.dedup_age_key(q.dkey, self.now, idk), b"")
+            self.txn.delete(keys.dedup_age_key(dkey, previous, idk), db=dbs.dedup_age)
+        self._append(dbs.dedup, keys.dedup_key(dkey, idk), keys.dedup_value(seq, now))
+        self._append(dbs.dedup_age, keys.dedup_age_key(dkey, now, idk), b"")
 
     def expire_dedup(self, q: QueueState, cutoff: int, limit: int) -> None:
         """Forget up to `limit` of the oldest entries published at or before `cutoff`."""

@@ -7,7 +7,7 @@ import lmdb
 import pytest
 
 from storage import Store, default_queue_config, normalize_queue_config
-from storage.commands import DEDUP_EXPIRE_LIMIT
+from storage.mutation import DEDUP_EXPIRE_LIMIT
 
 START_MS = 1_000_000
 WINDOW_MS = 60_000
