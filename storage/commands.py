@@ -18,7 +18,7 @@ from storage.errors import InvalidCommand
 from storage.fields import ENCODING_BASE64, payload
 from storage.fields import integer as _int
 from storage.fields import string as _str
-from storage.mutation import Mutation, QueueState
+from storage.mutation import Mutation, QueueState, lease_holds
 
 # Most timers one receive turns into ready messages, and most ready records it
 # looks at beyond the ones it delivers: bounds the work of one Raft entry.
@@ -172,21 +172,25 @@ def _settle(
         return None
     settled = 0
     stale: list[Any] = []
+    # Every node runs the loop once per receipt: local names.
+    parse, message_of, now = keys.parse_receipt, m.message, m.now
     for text in receipts:
-        parsed = keys.parse_receipt(text)
-        message = None if parsed is None else m.message(q, parsed[0])
-        if parsed is None or message is None or not m.holds_lease(message, parsed[1]):
-            stale.append(text)
-            continue
-        settle(q, parsed[0], message)
-        settled += 1
+        parsed = parse(text)
+        if parsed is not None:
+            seq, token = parsed
+            message = message_of(q, seq)
+            if message is not None and lease_holds(message, token, now):
+                settle(q, seq, message)
+                settled += 1
+                continue
+        stale.append(text)
     return settled, stale
 
 
 def ack(m: Mutation, cmd: Command) -> Result:
     def settle(q: QueueState, seq: int, message: dict[str, Any]) -> None:
         m.remove(q, seq, message)
-        q.add("acked_total", 1)
+        q.counters["acked_total"] += 1  # remove marked q dirty
 
     outcome = _settle(m, cmd, settle)
     if outcome is None:

@@ -281,4 +281,5 @@ def parse_receipt(text: object) -> tuple[int, str] | None:
     match = _RECEIPT.fullmatch(text)
     if match is None:
         return None
-    return int(match.group(1), 16), match.group(2)
+    seq, token = match.groups()
+    return int(seq, 16), token

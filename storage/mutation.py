@@ -10,6 +10,7 @@ with the message record.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -263,11 +264,30 @@ class Mutation:
                 self.txn.put(name.encode(), keys.encode(state.record()), db=self.dbs.queues)
                 state.dirty = False
 
+    # Cursors. LMDB looks a key up on the leaf page a cursor is on before it
+    # descends from the root. A receive or an ack reads and writes messages,
+    # ready entries and timers mostly in key order, many on one page, so the
+    # command reads and writes those keys one at a time through one cursor per
+    # database: a B-tree descent saved per key, on every node.
+
+    @functools.cached_property
+    def _messages(self) -> lmdb.Cursor[bytes]:
+        return self.txn.cursor(db=self.dbs.messages)
+
+    @functools.cached_property
+    def _ready(self) -> lmdb.Cursor[bytes]:
+        return self.txn.cursor(db=self.dbs.ready)
+
+    @functools.cached_property
+    def _timers(self) -> lmdb.Cursor[bytes]:
+        return self.txn.cursor(db=self.dbs.timers)
+
     # Messages
 
     def message(self, q: QueueState, seq: int) -> Message | None:
-        raw = self.txn.get(keys.message_key(q.qkey, seq), db=self.dbs.messages)
-        return None if raw is None else dict(keys.decode(raw))
+        """Message `seq` of `q`, or None: a dict of its own (decoded anew) to change freely."""
+        raw = self._messages.get(keys.message_key(q.qkey, seq))
+        return None if raw is None else keys.decode(raw)
 
     def enqueue(
         self,
@@ -306,7 +326,7 @@ class Mutation:
         if delay > 0:
             message["state"] = DELAYED
             message["due"] = now + delay
-            self._index(q, seq, message)
+            self._index(q, key, seq, message)
             counters["delayed_count"] += 1
         else:
             message["state"] = READY
@@ -319,10 +339,15 @@ class Mutation:
         return seq
 
     def remove(self, q: QueueState, seq: int, message: Message) -> None:
-        self._unindex(q, seq, message)
-        self.txn.delete(keys.message_key(q.qkey, seq), db=self.dbs.messages)
-        q.add("total", -1)
-        q.add(_STATE_COUNTER[message["state"]], -1)
+        """Delete a message whatever its state (every node runs this per message acked)."""
+        key = keys.message_key(q.qkey, seq)
+        self._unindex(q, key, seq, message)
+        if self._messages.set_key(key):  # as txn.delete(key)
+            self._messages.delete()
+        counters = q.counters
+        counters["total"] -= 1
+        counters[_STATE_COUNTER[message["state"]]] -= 1
+        q.dirty = True
 
     def make_ready(self, q: QueueState, seq: int, message: Message) -> None:
         self._move(q, seq, message, READY, {})
@@ -333,10 +358,7 @@ class Mutation:
     def lease(self, q: QueueState, seq: int, message: Message, token: str, lease_ms: int) -> None:
         message["deliveries"] += 1
         self._move(q, seq, message, LEASED, {"lease": token, "deadline": self.now + lease_ms})
-        q.add("delivered_total", 1)
-
-    def holds_lease(self, message: Message, token: str) -> bool:
-        return lease_holds(message, token, self.now)
+        q.counters["delivered_total"] += 1  # _move marked q dirty
 
     def promote_due(self, q: QueueState, limit: int) -> None:
         """Make ready the messages whose delay or lease ended, earliest first, at most `limit`."""
@@ -364,7 +386,7 @@ class Mutation:
                 for key, value in cursor.iternext():
                     if len(found) >= count or not key.startswith(q.qkey):
                         break
-                    found.append((keys.seq_of(q.qkey, key), dict(keys.decode(value))))
+                    found.append((keys.seq_of(q.qkey, key), keys.decode(value)))
         return found
 
     def scan_ready(self, q: QueueState, wanted: int, budget: int) -> list[Scanned]:
@@ -377,20 +399,24 @@ class Mutation:
         max_deliveries = q.config["max_deliveries"]
         scanned: list[Scanned] = []
         deliverable = 0
+        # Every node runs the loop once per message received: local names, and
+        # a ready key is its message's key, so it reads the message by it.
+        qkey, now, get = q.qkey, self.now, self._messages.get
         with self.txn.cursor(db=self.dbs.ready) as cursor:
-            if cursor.set_range(q.qkey):
+            if cursor.set_range(qkey):
                 for key in cursor.iternext(keys=True, values=False):
                     if deliverable >= wanted or len(scanned) >= budget:
                         break
-                    if not key.startswith(q.qkey):
+                    if not key.startswith(qkey):
                         break
-                    seq = keys.seq_of(q.qkey, key)
-                    message = self.message(q, seq)
-                    if message is None:
+                    seq = keys.seq_of(qkey, key)
+                    raw = get(key)
+                    if raw is None:
                         raise CorruptRecord(f"ready entry of {q.name} points at missing {seq}")
+                    message: Message = keys.decode(raw)
                     expires_at = message.get("expires_at")
                     reason: str | None = None
-                    if expires_at is not None and expires_at <= self.now:
+                    if expires_at is not None and expires_at <= now:
                         reason = REASON_EXPIRED
                     elif max_deliveries is not None and message["deliveries"] >= max_deliveries:
                         reason = REASON_MAX_DELIVERIES
@@ -408,18 +434,21 @@ class Mutation:
         cutoff = self.now - window
         fresh: Fresh = []
         seen: set[bytes] = set()
-        get, dedup, dkey = self.txn.get, self.dbs.dedup, q.dkey
-        for message in messages:
-            assert message.id is not None
-            idk = keys.idkey(message.id)
-            if idk in seen:
-                continue
-            seen.add(idk)
-            raw = get(dkey + idk, db=dedup)
-            published_at = None if raw is None else keys.dedup_published_at(raw)
-            if published_at is not None and published_at > cutoff:
-                continue
-            fresh.append((message, idk, published_at))
+        dkey = q.dkey
+        # Ids made by one client sort by time: looked up through one cursor, most
+        # are found on (or next to) the page of the one before (see `_messages`).
+        with self.txn.cursor(db=self.dbs.dedup) as cursor:
+            for message in messages:
+                assert message.id is not None
+                idk = keys.idkey(message.id)
+                if idk in seen:
+                    continue
+                seen.add(idk)
+                raw = cursor.get(dkey + idk)
+                published_at = None if raw is None else keys.dedup_published_at(raw)
+                if published_at is not None and published_at > cutoff:
+                    continue
+                fresh.append((message, idk, published_at))
         return fresh
 
     def publish(self, q: QueueState, fresh: Fresh, window: int) -> None:
@@ -527,43 +556,46 @@ class Mutation:
         if not self.txn.put(key, value, db=db, append=True):
             self.txn.put(key, value, db=db)
 
-    def _put(self, q: QueueState, seq: int, message: Message) -> None:
-        self.txn.put(keys.message_key(q.qkey, seq), keys.encode(message), db=self.dbs.messages)
-
     def _move(
         self, q: QueueState, seq: int, message: Message, state: str, fields: dict[str, Any]
     ) -> None:
-        self._unindex(q, seq, message)
-        q.add(_STATE_COUNTER[message["state"]], -1)
+        """Put a stored message in `state` with that state's `fields`, indexes and counters.
+
+        Every node runs this once per message leased or requeued, so it builds
+        the message key once and updates the counters directly (as `add` would).
+        """
+        key = keys.message_key(q.qkey, seq)
+        self._unindex(q, key, seq, message)
+        counters = q.counters
+        counters[_STATE_COUNTER[message["state"]]] -= 1
+        counters[_STATE_COUNTER[state]] += 1
+        q.dirty = True
         for field in _STATE_FIELDS:
             message.pop(field, None)
         message["state"] = state
         message.update(fields)
-        q.add(_STATE_COUNTER[state], 1)
-        self._index(q, seq, message)
-        self._put(q, seq, message)
+        self._index(q, key, seq, message)
+        self._messages.put(key, keys.encode(message))
 
-    def _index(self, q: QueueState, seq: int, message: Message) -> None:
+    # `key` is the message's key, keys.message_key(q.qkey, seq): its ready key too.
+
+    def _index(self, q: QueueState, key: bytes, seq: int, message: Message) -> None:
         state = message["state"]
         if state == READY:
-            self.txn.put(keys.message_key(q.qkey, seq), b"", db=self.dbs.ready)
+            self._ready.put(key, b"")
         elif state == DELAYED:
-            key = keys.timer_key(q.qkey, message["due"], seq)
-            self.txn.put(key, keys.TIMER_DELAYED, db=self.dbs.timers)
+            self._timers.put(keys.timer_key(q.qkey, message["due"], seq), keys.TIMER_DELAYED)
         else:
-            key = keys.timer_key(q.qkey, message["deadline"], seq)
-            self.txn.put(key, keys.TIMER_LEASE, db=self.dbs.timers)
+            self._timers.put(keys.timer_key(q.qkey, message["deadline"], seq), keys.TIMER_LEASE)
 
-    def _unindex(self, q: QueueState, seq: int, message: Message) -> None:
+    def _unindex(self, q: QueueState, key: bytes, seq: int, message: Message) -> None:
         state = message["state"]
         if state == READY:
-            found = self.txn.delete(keys.message_key(q.qkey, seq), db=self.dbs.ready)
-        elif state == DELAYED:
-            found = self.txn.delete(keys.timer_key(q.qkey, message["due"], seq), db=self.dbs.timers)
+            cursor, index_key = self._ready, key
         else:
-            key = keys.timer_key(q.qkey, message["deadline"], seq)
-            found = self.txn.delete(key, db=self.dbs.timers)
-        if not found:
+            due = message["due"] if state == DELAYED else message["deadline"]
+            cursor, index_key = self._timers, keys.timer_key(q.qkey, due, seq)
+        if not (cursor.set_key(index_key) and cursor.delete()):  # as txn.delete(index_key)
             raise CorruptRecord(f"message {seq} of {q.name} is {state} but not indexed")
 
     def _has_prefix(self, db: lmdb._Database, prefix: bytes) -> bool:
