@@ -32,7 +32,6 @@ before the next keeps its order.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -314,8 +313,11 @@ class Batcher:
         self._publish_many_fn = publish_many
         self._ack_fn = ack
         linger = linger_ms / 1000.0
-        self.publishes: Coalescer[tuple[str, dict[str, Any]], str] = Coalescer(
-            self._send_publishes,
+        # A lane per queue holds wire messages, sent with ``publish`` as they are;
+        # the one lane of ``publish_many`` holds (queue, wire) pairs (a pair per
+        # message only where it is needed: one object less per message in flight).
+        self.publishes: Coalescer[Any, str] = Coalescer(
+            publish if publish_many is None else self._send_publishes,
             linger=linger,
             max_count=max_batch,
             max_bytes=max_batch_bytes,
@@ -333,16 +335,27 @@ class Batcher:
 
     async def publish(self, queue: str, wire: dict[str, Any]) -> str:
         """Publishes one message (wire form, id set); returns its id."""
-        lane = queue if self._publish_many_fn is None else _ALL_QUEUES
-        return await self.publishes.submit(lane, (queue, wire), size=_message_size(wire))
+        return await self.publish_soon(queue, wire)
+
+    def publish_soon(self, queue: str, wire: dict[str, Any]) -> asyncio.Future[str]:
+        """Queues one message (wire form, id set); the future resolves with its id.
+
+        As :meth:`publish` without a coroutine of its own, for callers that await
+        the future themselves (the channel: one frame less per message).
+        """
+        if self._publish_many_fn is None:
+            return self.publishes.submit(queue, wire, size=_message_size(wire))
+        return self.publishes.submit(_ALL_QUEUES, (queue, wire), size=_message_size(wire))
 
     async def _send_publishes(
         self, lane: str, items: list[tuple[str, dict[str, Any]]]
     ) -> list[str | ItemFailed]:
+        """A batch of the shared lane (``publish_many``)."""
+        assert self._publish_many_fn is not None
         groups: dict[str, list[dict[str, Any]]] = {}
         for queue, wire in items:
             groups.setdefault(queue, []).append(wire)
-        if len(groups) == 1 or self._publish_many_fn is None:
+        if len(groups) == 1:
             [(queue, wires)] = groups.items()
             return list(await self._publish_fn(queue, wires))
         outcomes = dict(zip(groups, await self._publish_many_fn(list(groups.items())), strict=True))
@@ -365,7 +378,7 @@ class Batcher:
 
     def ack_soon(self, queue: str, receipts: list[str]) -> asyncio.Future[AckResult]:
         """Queues the ack of ``receipts`` (at least one) and returns its future at once."""
-        size = sum(len(r) + 4 for r in receipts)
+        size = sum(map(len, receipts)) + 4 * len(receipts)
         return self.acks.submit(queue, receipts, count=len(receipts), size=size)
 
     async def drain(self) -> None:
@@ -376,11 +389,16 @@ class Batcher:
     async def _send_acks(self, queue: str, groups: list[list[str]]) -> list[AckResult]:
         if len(groups) == 1:
             return [await self._ack_fn(queue, groups[0])]
+        from raftmq.client import AckResult  # not at the top: raftmq.client imports this module
+
         merged = [r for group in groups for r in group]
         result = await self._ack_fn(queue, merged)
+        if not result.stale:
+            # The usual answer: every receipt acked, each caller's result its count.
+            return [AckResult(len(group)) for group in groups]
         stale = set(result.stale)
         out = []
         for group in groups:
             mine = [r for r in group if r in stale]
-            out.append(dataclasses.replace(result, acked=len(group) - len(mine), stale=mine))
+            out.append(AckResult(len(group) - len(mine), mine))
         return out

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -46,10 +47,10 @@ from raftmq.client import (
     AsyncClient,
     NackResult,
     _Attempts,
-    _decode_received,
     _error_from,
     _origin,
     _receipts,
+    _received_fields,
     _Response,
     _Retry,
     _too_many_redirects,
@@ -111,12 +112,31 @@ class _Subscription:
     queue: str
     prefetch: int
     visibility_timeout: float | None
-    inbox: asyncio.Queue[ChannelMessage | BaseException] = field(default_factory=asyncio.Queue)
+    # What was pushed to it (or the error that ends it), read by its one consume()
+    # loop. A deque and a waiter rather than an asyncio.Queue, whose bookkeeping
+    # (task_done counts, getter and putter lists, a get coroutine) cost about as
+    # much per message as the rest of a delivery.
+    inbox: deque[ChannelMessage | BaseException] = field(default_factory=deque)
+    waiter: asyncio.Future[None] | None = None
     # Receipts delivered to it whose ack or nack has not been answered, oldest first.
     # A subscription made again after a reconnect names them ("held"), so that they
     # count against its prefetch on the new connection too. Never more than prefetch:
     # the node leases no more, so older ones have been settled or have expired.
     held: dict[str, None] = field(default_factory=dict)
+
+    def put(self, item: ChannelMessage | BaseException) -> None:
+        self.inbox.append(item)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def arrival(self) -> None:
+        """Returns once the inbox holds something."""
+        while not self.inbox:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
 
     def hold(self, receipt: str) -> None:
         self.held[receipt] = None
@@ -213,7 +233,7 @@ class Channel:
     ) -> str:
         """Publishes one message; returns its id once a Raft majority has it."""
         self._raise_if_failed()
-        return await self._batcher.publish(queue, _wire_message(body, headers, id, delay))
+        return await self._batcher.publish_soon(queue, _wire_message(body, headers, id, delay))
 
     async def ack(self, queue: str, receipts: Iterable[str] | str) -> AckResult:
         """Marks deliveries done (a lone receipt may be given as a str, as to the client)."""
@@ -246,9 +266,12 @@ class Channel:
         sub = _Subscription(f"{queue}#{next(self._sub_ids)}", queue, prefetch, visibility_timeout)
         self._subs[sub.name] = sub
         self._send(sub.frame())
+        inbox = sub.inbox
         try:
             while True:
-                item = await sub.inbox.get()
+                if not inbox:
+                    await sub.arrival()
+                item = inbox.popleft()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -305,7 +328,7 @@ class Channel:
             if not request.future.done():
                 request.future.set_exception(exc)
         for sub in self._subs.values():
-            sub.inbox.put_nowait(exc)
+            sub.put(exc)
 
     # ------------------------------------------------------------ connection
 
@@ -467,21 +490,11 @@ class Channel:
         sub = self._subs.get(str(frame.get("sub")))
         if sub is None:
             return  # cancelled meanwhile: the leases expire
+        queue, hold, put = sub.queue, sub.hold, sub.put
         for raw in frame.get("messages") or []:
-            m = _decode_received(raw)
-            sub.hold(m.receipt)
-            sub.inbox.put_nowait(
-                ChannelMessage(
-                    sub.queue,
-                    m.id,
-                    m.body,
-                    m.headers,
-                    m.receipt,
-                    m.deliveries,
-                    m.published_at,
-                    self,
-                )
-            )
+            message = ChannelMessage(queue, *_received_fields(raw), self)
+            hold(message.receipt)
+            put(message)
 
     def _on_error(self, frame: dict[str, Any]) -> None:
         error = frame.get("error") or {}
@@ -496,7 +509,7 @@ class Channel:
                 self._resend_later(sub.frame())
             else:
                 del self._subs[sub.name]
-                sub.inbox.put_nowait(exc)
+                sub.put(exc)
             return
         request = self._requests.get(frame.get("seq"))  # type: ignore[arg-type]
         if request is None:

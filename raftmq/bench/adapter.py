@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 HDR = struct.Struct("<QQ")  # seq, monotonic_ns at send (as bench.py)
 
 Ack = Callable[[], Awaitable[None]]
+# Pending acks the adapter keeps before it looks which are done (at least).
+ACK_SWEEP = 1024
 
 
 def body(seq: int, size: int) -> bytes:
@@ -85,7 +87,9 @@ class RaftMQ:
         self.channel: Channel | None = None
         self.client: AsyncClient | None = None
         self.node: int | None = None
-        self._acks: set[asyncio.Future[Any]] = set()
+        # Acks not yet seen done, swept for outcomes now and then (see _acker).
+        self._acks: list[asyncio.Future[Any]] = []
+        self._sweep_at = ACK_SWEEP
         self.ack_errors = 0
         self.receives = 0  # receive calls that returned messages
         self.received = 0
@@ -124,13 +128,13 @@ class RaftMQ:
             await self.mq.delete_queue(name)
         await self.mq.declare_queue(name)
 
-    async def publish(
+    def publish(
         self, data: bytes, msg_id: str | None = None, queue: str | None = None
-    ) -> None:
+    ) -> Awaitable[str]:
+        # The client's own coroutine, not one more wrapped around it.
         if self.channel is not None:
-            await self.channel.publish(queue or self.q, data, id=msg_id)
-        else:
-            await self.mq.publish(queue or self.q, data, id=msg_id)
+            return self.channel.publish(queue or self.q, data, id=msg_id)
+        return self.mq.publish(queue or self.q, data, id=msg_id)
 
     async def consume(self, prefetch: int) -> AsyncGenerator[tuple[bytes, Ack], None]:
         """Yields (body, ack) of leased messages, at most ``prefetch`` leased per round.
@@ -178,22 +182,32 @@ class RaftMQ:
     def _acker(self, receipt: str) -> Ack:
         async def ack() -> None:
             acker = self.mq if self.channel is None else self.channel
-            pending: asyncio.Future[Any] = acker.ack_soon(self.q, [receipt])
-            self._acks.add(pending)
-            pending.add_done_callback(self._ack_done)
+            pending: asyncio.Future[Any] = acker.ack_soon(self.q, receipt)
+            # Collected in a list and swept in bulk rather than with a done callback
+            # each (a callback is one more event-loop turn per message).
+            self._acks.append(pending)
+            if len(self._acks) >= self._sweep_at:
+                self._sweep()
 
         return ack
 
-    def _ack_done(self, task: asyncio.Future[Any]) -> None:
-        self._acks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.ack_errors += 1
-            log.warning("ack failed: %s", task.exception())
+    def _sweep(self) -> None:
+        """Counts the acks that are done (a failure logged) and keeps the rest."""
+        waiting = []
+        for pending in self._acks:
+            if not pending.done():
+                waiting.append(pending)
+            elif not pending.cancelled() and pending.exception() is not None:
+                self.ack_errors += 1
+                log.warning("ack failed: %s", pending.exception())
+        self._acks = waiting
+        self._sweep_at = max(ACK_SWEEP, 2 * len(waiting))
 
     async def flush(self) -> None:
         """Returns once every ack made so far has been committed (or has failed)."""
         while self._acks:
             await asyncio.wait(set(self._acks))
+            self._sweep()
 
     def requests(self) -> dict[str, int]:
         """How many publish/ack requests the client's coalescing sent (for batch sizes)."""

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from raftmq import AsyncClient, BadRequest, Conflict, QueueNotFound
-from raftmq.batching import Coalescer
+from raftmq.batching import Batcher, Coalescer
+from raftmq.client import AckResult
 from tests.unit.test_client import FakeCluster, FakeNode
 
 
@@ -447,3 +448,46 @@ async def test_a_refused_shared_request_is_sent_queue_by_queue(
         [f"m{i}" for i in range(0, 10, 2)],
         [f"m{i}" for i in range(1, 10, 2)],
     ]
+
+
+async def test_a_batcher_without_publish_many_hands_each_queue_its_messages_as_given() -> None:
+    """Lanes per queue hold the wire messages themselves (no (queue, wire) pairs):
+    ``publish`` gets those dicts, in order, and each caller its own id."""
+    sent: list[tuple[str, list[dict[str, Any]]]] = []
+
+    async def publish(queue: str, wires: list[dict[str, Any]]) -> list[str]:
+        sent.append((queue, wires))
+        return [w["id"] for w in wires]
+
+    async def ack(queue: str, receipts: list[str]) -> Any:
+        raise AssertionError("no acks here")
+
+    batcher = Batcher(publish, ack, linger_ms=50)
+    wires = [{"body": f"m{i}", "id": f"id{i}"} for i in range(6)]
+    futures = [batcher.publish_soon(f"q{i % 2}", wire) for i, wire in enumerate(wires)]
+    assert await asyncio.wait_for(asyncio.gather(*futures), 5) == [f"id{i}" for i in range(6)]
+    assert await batcher.publish("q0", {"body": "x", "id": "late"}) == "late"
+    assert sorted((q, [id(w) for w in ws]) for q, ws in sent[:2]) == [
+        ("q0", [id(w) for w in wires[0::2]]),
+        ("q1", [id(w) for w in wires[1::2]]),
+    ]
+    assert batcher.publishes.requests_sent == 3 and batcher.publishes.items_sent == 7
+
+
+async def test_merged_acks_give_each_caller_its_own_count_and_stale_receipts() -> None:
+    answers: list[AckResult] = [AckResult(3), AckResult(2, ["b2"])]
+    calls: list[list[str]] = []
+
+    async def publish(queue: str, wires: list[dict[str, Any]]) -> list[str]:
+        raise AssertionError("no publishes here")
+
+    async def ack(queue: str, receipts: list[str]) -> AckResult:
+        calls.append(receipts)
+        return answers[len(calls) - 1]
+
+    batcher = Batcher(publish, ack, linger_ms=50)
+    first = [batcher.ack_soon("q", ["a1"]), batcher.ack_soon("q", ["a2", "a3"])]
+    assert [(r.acked, r.stale) for r in await asyncio.gather(*first)] == [(1, []), (2, [])]
+    second = [batcher.ack_soon("q", ["b1"]), batcher.ack_soon("q", ["b2", "b3"])]
+    assert [(r.acked, r.stale) for r in await asyncio.gather(*second)] == [(1, []), (1, ["b2"])]
+    assert calls == [["a1", "a2", "a3"], ["b1", "b2", "b3"]]

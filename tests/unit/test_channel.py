@@ -2,7 +2,7 @@
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cluster.errors import Overloaded
 from node.app import BODY_BUDGET, OPEN_CHANNELS, make_app
 from node.config import Limits
+from raftmq.bench import adapter
 from raftmq.client import AsyncClient
 from raftmq.errors import BadRequest, QueueNotFound, Unavailable
 from tests.unit.test_node_app import FakeRaft, node_config
@@ -442,3 +443,58 @@ async def test_a_silent_node_does_not_hold_the_handshake_past_the_retry_deadline
             # Before, the handshake waited out the whole 60 s timeout, past the guard.
             with pytest.raises(Unavailable):
                 await asyncio.wait_for(mq.channel().open(), GUARD_S)
+
+
+async def test_a_pushed_message_carries_what_a_receive_returns(client: Client) -> None:
+    """The channel builds its ChannelMessage from the pushed frame as a receive decodes one."""
+    await _declare(client)
+    url = str(client.make_url("")).rstrip("/")
+    async with AsyncClient(url, retry_deadline=GUARD_S) as mq, mq.channel() as ch:
+        consumer = ch.consume("jobs", prefetch=1)
+        assert isinstance(consumer, AsyncGenerator)
+        waiting = asyncio.ensure_future(anext(consumer))
+        await asyncio.sleep(0.05)  # the consumer waits on an empty inbox: a push wakes it
+        sent = await ch.publish("jobs", b"\x00bytes", headers={"k": "v"}, id="m-1")
+        pushed = await asyncio.wait_for(waiting, GUARD_S)
+        await consumer.aclose()  # cancelled first, or the nacked message would come back here
+        assert (await ch.nack("jobs", pushed.receipt)).requeued == 1
+        [received] = await mq.receive("jobs", max=1, wait=GUARD_S)
+    assert (pushed.queue, pushed.id, sent) == ("jobs", "m-1", "m-1")
+    assert (pushed.body, pushed.headers) == (b"\x00bytes", {"k": "v"})
+    assert (received.id, received.body, received.headers) == (
+        pushed.id,
+        pushed.body,
+        pushed.headers,
+    )
+    assert (pushed.deliveries + 1, pushed.published_at) == (
+        received.deliveries,
+        received.published_at,
+    )
+
+
+async def test_the_bench_adapter_counts_every_ack_and_its_failures(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its acks are swept for their outcome in bulk (not a done callback each)."""
+    monkeypatch.setattr(adapter, "ACK_SWEEP", 3)
+    await _declare(client)
+    url = str(client.make_url("")).rstrip("/")
+    peer = adapter.RaftMQ([url], queue="jobs", transport="ws", retry_deadline=GUARD_S)
+    await peer.connect()
+    try:
+        for i in range(10):
+            await peer.publish(f"m{i}".encode())
+        got = 0
+        async for _body, ack in peer.consume(prefetch=4):
+            await ack()
+            got += 1
+            if got == 10:
+                break
+        await peer.flush()
+        assert (peer.ack_errors, peer._acks, await peer.depth()) == (0, [], 0)
+        peer.q = "nope"  # an ack the node refuses (no such queue) is counted
+        await peer._acker("1.r")()
+        await peer.flush()
+        assert peer.ack_errors == 1
+    finally:
+        await peer.close()
