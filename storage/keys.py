@@ -53,7 +53,10 @@ timers
 dedup
     qkey + idkey                 -> seq u64 + published_at u64
 dedup_age
-    qkey + published_at u64 + idkey -> b""   same entries, oldest first
+    qkey + published_at u64 + seq u64 -> the idkeys a publish remembered, each
+                                         after its length (u8); seq is the first
+                                         message it enqueued. Oldest first.
+    qkey + published_at u64 + idkey -> b""   one id (written before 2026-11-26)
 graveyard
     generation u64 + kind u8 + name (UTF-8) -> b""
                                          a generation of a deleted or purged queue,
@@ -256,6 +259,25 @@ def dedup_published_at(value: bytes) -> int:
 
 def dedup_age_key(q: bytes, published_at: int, idk: bytes) -> bytes:
     return q + U64.pack(published_at) + idk
+
+
+def dedup_batch_key(q: bytes, published_at: int, first_seq: int) -> bytes:
+    return q + U64_PAIR.pack(published_at, first_seq)
+
+
+def pack_idkeys(idks: list[bytes]) -> bytes:
+    """The value of a dedup_age batch: each idkey (at most 255 bytes) after its length."""
+    return b"".join(bytes((len(idk),)) + idk for idk in idks)
+
+
+def unpack_idkeys(value: bytes) -> list[bytes]:
+    idks: list[bytes] = []
+    at = 0
+    while at < len(value):
+        end = at + 1 + value[at]
+        idks.append(value[at + 1 : end])
+        at = end
+    return idks
 
 
 def encode(value: Any) -> bytes:

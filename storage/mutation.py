@@ -456,6 +456,8 @@ class Mutation:
 
         Then forget the oldest outdated ids and, with drop_head, make room.
         """
+        remembered: list[bytes] = []
+        first_seq = q.next_seq
         for message, idk, previous in fresh:
             assert message.id is not None
             seq = self.enqueue(
@@ -468,34 +470,61 @@ class Mutation:
             )
             if window > 0:
                 self.remember_publish(q, idk, seq, previous)
+                remembered.append(idk)
+        if remembered:
+            # One age entry for the whole publish, not one per id: a put less per
+            # message now, and a delete less when the window has passed.
+            key = keys.dedup_batch_key(q.dkey, self.now, first_seq)
+            self._append(self.dbs.dedup_age, key, keys.pack_idkeys(remembered))
         if window > 0:
             self.expire_dedup(q, self.now - window, DEDUP_EXPIRE_LIMIT)
         if q.config["overflow"] == OVERFLOW_DROP_HEAD:
             self.trim(q, forward=True)
 
     def remember_publish(self, q: QueueState, idk: bytes, seq: int, previous: int | None) -> None:
-        """Record that the id was published now, replacing an outdated entry."""
-        dkey, now, dbs = q.dkey, self.now, self.dbs
+        """Record that the id was published now (`publish` adds its age entry)."""
+        dkey, dbs = q.dkey, self.dbs
         if previous is not None:
+            # An age entry of a single id, as written before batches, goes with it;
+            # a batch that names the id is skipped for it when it expires.
             self.txn.delete(keys.dedup_age_key(dkey, previous, idk), db=dbs.dedup_age)
-        self._append(dbs.dedup, keys.dedup_key(dkey, idk), keys.dedup_value(seq, now))
-        self._append(dbs.dedup_age, keys.dedup_age_key(dkey, now, idk), b"")
+        self._append(dbs.dedup, keys.dedup_key(dkey, idk), keys.dedup_value(seq, self.now))
 
     def expire_dedup(self, q: QueueState, cutoff: int, limit: int) -> None:
-        """Forget up to `limit` of the oldest entries published at or before `cutoff`."""
-        expired: list[bytes] = []
-        with self.txn.cursor(db=self.dbs.dedup_age) as cursor:
-            if cursor.set_range(q.dkey):
-                for key in cursor.iternext(keys=True, values=False):
-                    if len(expired) >= limit or not key.startswith(q.dkey):
-                        break
-                    if keys.U64.unpack_from(key, len(q.dkey))[0] > cutoff:
-                        break
-                    expired.append(key)
-        start = len(q.dkey) + keys.U64.size
-        for key in expired:
-            self.txn.delete(key, db=self.dbs.dedup_age)
-            self.txn.delete(keys.dedup_key(q.dkey, key[start:]), db=self.dbs.dedup)
+        """Forget up to `limit` of the oldest ids published at or before `cutoff`.
+
+        Once a queue has been published to for longer than its dedup window,
+        every publish forgets about as many ids as it remembers, on every node.
+        Age entries are taken oldest first where the cursor stands (a delete
+        moves it to the next); an id whose dedup record is newer than the entry
+        (published again since) is left alone. A batch cut short by `limit`
+        keeps the ids not yet forgotten.
+        """
+        dkey = q.dkey
+        start = len(dkey) + keys.U64.size
+        budget = limit
+        with (
+            self.txn.cursor(db=self.dbs.dedup_age) as ages,
+            self.txn.cursor(db=self.dbs.dedup) as records,
+        ):
+            if not ages.set_range(dkey):
+                return
+            while budget > 0:
+                key = ages.key()
+                if not key.startswith(dkey) or keys.U64.unpack_from(key, len(dkey))[0] > cutoff:
+                    return
+                value = ages.value()
+                idks = keys.unpack_idkeys(value) if value else [key[start:]]
+                for idk in idks[:budget]:
+                    record = records.get(dkey + idk)
+                    if record is not None and keys.dedup_published_at(record) <= cutoff:
+                        records.delete()
+                if len(idks) > budget:
+                    ages.put(key, keys.pack_idkeys(idks[budget:]))
+                    return
+                budget -= len(idks)
+                if not ages.delete():
+                    return
 
     # Dead-lettering and overflow
 

@@ -6,7 +6,7 @@ from typing import Any
 import lmdb
 import pytest
 
-from storage import Store, default_queue_config, normalize_queue_config
+from storage import Store, default_queue_config, keys, normalize_queue_config
 from storage.mutation import DEDUP_EXPIRE_LIMIT
 
 START_MS = 1_000_000
@@ -646,3 +646,46 @@ def test_a_receive_stops_once_its_bodies_reach_the_byte_bound(broker: Broker) ->
     broker.declare("huge")
     broker.publish("huge", {"id": "h", "body": "y" * (5 << 20), "headers": {}})
     assert ids(broker.receive("huge", max_count=10)) == ["h"]  # always at least one
+
+
+def test_an_id_published_again_after_the_window_outlives_its_first_publish(
+    broker: Broker,
+) -> None:
+    """One age entry per publish: when it expires, ids published again since are kept."""
+    broker.declare("q")
+    broker.publish("q", "a", "b")
+    broker.now += WINDOW_MS
+    broker.publish("q", "a")  # forgets the first publish's b, not its a
+    broker.now += 1
+    assert broker.publish("q", "a", "b")["ids"] == ["a", "b"]
+    assert ids(broker.receive("q")) == ["a", "b", "a", "b"]
+
+
+def test_age_entries_of_single_ids_written_before_batches_still_expire(
+    broker: Broker, tmp_path: Path
+) -> None:
+    """A store written before age entries were batched holds one entry per id (value b"")."""
+    broker.declare("q")
+    store = broker.store
+    with store._env.begin(write=True) as txn:  # as an earlier version wrote them
+        raw = txn.get(b"q", db=store._dbs.queues)
+        assert raw is not None
+        record = keys.decode(raw)
+        dkey = keys.generation_prefix("q", record.get("dgen", 0))
+        for idk in (b"old-1", b"old-2"):
+            txn.put(keys.dedup_key(dkey, idk), keys.dedup_value(0, START_MS), db=store._dbs.dedup)
+            txn.put(keys.dedup_age_key(dkey, START_MS, idk), b"", db=store._dbs.dedup_age)
+    assert broker.publish("q", "old-1")["ids"] == ["old-1"]
+    assert ids(broker.receive("q")) == []  # remembered: a duplicate
+    broker.now += WINDOW_MS
+    broker.publish("q", "new")
+    assert _entries(store, tmp_path, b"dedup") == 1
+    assert _entries(store, tmp_path / "2", b"dedup_age") == 1
+    assert ids(broker.receive("q")) == ["new"]
+    assert broker.publish("q", "old-2")["ids"] == ["old-2"]
+    assert ids(broker.receive("q")) == ["old-2"]
+
+
+def test_idkeys_pack_and_unpack() -> None:
+    idks = [b"a", b"x" * 255, keys.idkey("y" * 1000), b""]
+    assert keys.unpack_idkeys(keys.pack_idkeys(idks)) == idks
