@@ -125,12 +125,6 @@ class QueueState:
         self.qkey = keys.generation_prefix(self.name, generation)
         self.dirty = True
 
-    def take_seq(self) -> int:
-        """The seq of a new message: seqs only grow, so seq order is publish order."""
-        self.next_seq += 1
-        self.dirty = True
-        return self.next_seq - 1
-
     def add(self, counter: str, delta: int) -> None:
         self.counters[counter] += delta
         self.dirty = True
@@ -301,8 +295,9 @@ class Mutation:
     ) -> int:
         """Store a new message at the tail of `q`; delay_ms None means the queue's default.
 
-        Every node runs this once per message it applies, so it keeps to local
-        names and updates the counters directly (as `take_seq` and `add` would).
+        Seqs only grow, so seq order is publish order. Every node runs this once
+        per message it applies, so it keeps to local names and updates `next_seq`
+        and the counters itself (`add` would mark the queue dirty each time).
         """
         now = self.now
         seq = q.next_seq
