@@ -36,10 +36,9 @@ from storage.fields import (
     name,
     payload,
 )
-from storage.mutation import Dbs, Mutation
+from storage.mutation import DEDUP_EXPIRE_LIMIT, DEDUP_EXPIRE_SLACK_MS, Dbs, Mutation
 
 TRIM_LIMIT: Final = 10000
-DEDUP_EXPIRE_LIMIT: Final = 1000
 RETENTION_KEYS: Final = ("max_age_ms", "max_bytes", "max_records")
 
 
@@ -200,15 +199,27 @@ def append_records(m: Mutation, cmd: Command) -> Result:
 
 
 def _expire_dedup(m: Mutation, prefix: bytes, cutoff: int) -> None:
+    """Forget the oldest ids appended at or before `cutoff`, in chunks (as queues do).
+
+    Nothing is forgotten until the oldest is DEDUP_EXPIRE_SLACK_MS older than
+    `cutoff`; then up to DEDUP_EXPIRE_LIMIT go at once (see Mutation.expire_dedup).
+    """
     expired: list[bytes] = []
     with m.txn.cursor(db=m.dbs.stream_dedup_age) as cursor:
-        if cursor.set_range(prefix):
-            for key in cursor.iternext(keys=True, values=False):
-                if len(expired) >= DEDUP_EXPIRE_LIMIT or not key.startswith(prefix):
-                    break
-                if keys.U64.unpack_from(key, len(prefix))[0] > cutoff:
-                    break
-                expired.append(key)
+        if not cursor.set_range(prefix):
+            return
+        oldest = cursor.key()
+        if (
+            not oldest.startswith(prefix)
+            or keys.U64.unpack_from(oldest, len(prefix))[0] > cutoff - DEDUP_EXPIRE_SLACK_MS
+        ):
+            return
+        for key in cursor.iternext(keys=True, values=False):
+            if len(expired) >= DEDUP_EXPIRE_LIMIT or not key.startswith(prefix):
+                break
+            if keys.U64.unpack_from(key, len(prefix))[0] > cutoff:
+                break
+            expired.append(key)
     start = len(prefix) + keys.U64.size
     for key in expired:
         m.txn.delete(key, db=m.dbs.stream_dedup_age)

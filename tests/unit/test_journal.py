@@ -15,6 +15,7 @@ import pysyncobj.syncobj
 import pytest
 
 from cluster.journal import (
+    CACHE_DROP_BYTES,
     DEFAULT_RESIDENT_BYTES,
     HEADER,
     HEADER_SIZE,
@@ -577,3 +578,63 @@ def test_journal_of() -> None:
     holder = NotASyncObj()
     holder._SyncObj__raftLog = pysyncobj.journal.MemoryJournal()  # type: ignore[attr-defined]
     assert journal_of(holder) is None
+
+
+def test_synced_records_are_dropped_from_the_page_cache_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced_sizes: list[int] = []
+    advised: list[tuple[int, int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def syncer(fd: int) -> None:
+        os.fdatasync(fd)
+        synced_sizes.append(os.fstat(fd).st_size)
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        # Only bytes already synced may be dropped (they are clean then).
+        assert synced_sizes and offset + length <= synced_sizes[-1]
+        advised.append((offset, length, advice))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    big = b"x" * (1 << 20)
+    j = DurableJournal(str(tmp_path / "j"), syncer=syncer)
+    try:
+        for i in range(1, CACHE_DROP_BYTES // len(big) + 2):
+            j.add(big, i, 1)
+        assert advised == []  # nothing synced yet
+        j.flush()
+        assert advised == [(0, j.size_bytes, os.POSIX_FADV_DONTNEED)]
+        dropped_to = j.size_bytes
+        fill(j, len(j) + 1, len(j) + 10)
+        j.flush()
+        assert len(advised) == 1  # below a chunk: kept until more gathers
+        # A truncation back into dropped bytes: the rewritten bytes are dropped next.
+        j.deleteEntriesFrom(5)
+        cut = j.size_bytes
+        assert cut < dropped_to
+        for i in range(6, 6 + CACHE_DROP_BYTES // len(big) + 1):
+            j.add(big, i, 2)
+        j.flush()
+        assert advised[1] == (cut, j.size_bytes - cut, os.POSIX_FADV_DONTNEED)
+        assert [e[1] for e in j[:]] == list(range(1, len(j) + 1))
+    finally:
+        j.close()
+
+
+def test_unsynced_journals_leave_the_page_cache_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(fd: int, offset: int, length: int, advice: int) -> None:
+        raise AssertionError("pages that are not synced may be dirty: not dropped")
+
+    monkeypatch.setattr(os, "posix_fadvise", forbidden)
+    j = DurableJournal(str(tmp_path / "j"), fsync=False)
+    try:
+        big = b"x" * (1 << 20)
+        for i in range(1, CACHE_DROP_BYTES // len(big) + 2):
+            j.add(big, i, 1)
+        j.flush()
+    finally:
+        j.close()

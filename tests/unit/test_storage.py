@@ -7,7 +7,7 @@ import lmdb
 import pytest
 
 from storage import Store, default_queue_config, keys, normalize_queue_config
-from storage.mutation import DEDUP_EXPIRE_LIMIT
+from storage.mutation import DEDUP_EXPIRE_LIMIT, DEDUP_EXPIRE_SLACK_MS
 
 START_MS = 1_000_000
 WINDOW_MS = 60_000
@@ -479,10 +479,16 @@ def test_dedup_entries_expire_lazily_in_bounded_steps(broker: Broker, tmp_path: 
     broker.publish("q", *(f"m{i}" for i in range(count)))
     broker.now += WINDOW_MS
     broker.publish("q", "fresh")
-    assert _entries(broker.store, tmp_path, b"dedup") == 11
+    # Outdated, but not yet by the slack: kept on disk, no longer duplicates.
+    assert _entries(broker.store, tmp_path, b"dedup") == count + 1
+    assert broker.publish("q", "m0")["ids"] == ["m0"]
+    broker.now += DEDUP_EXPIRE_SLACK_MS
     broker.publish("q")
-    assert _entries(broker.store, tmp_path / "2", b"dedup") == 1
-    assert _entries(broker.store, tmp_path / "3", b"dedup_age") == 1
+    # The oldest chunk of DEDUP_EXPIRE_LIMIT went (m0 stays: published again since).
+    assert _entries(broker.store, tmp_path / "2", b"dedup") == 12
+    broker.publish("q")
+    assert _entries(broker.store, tmp_path / "3", b"dedup") == 2
+    assert _entries(broker.store, tmp_path / "4", b"dedup_age") == 2
 
 
 # Apply mechanics
@@ -654,7 +660,7 @@ def test_an_id_published_again_after_the_window_outlives_its_first_publish(
     """One age entry per publish: when it expires, ids published again since are kept."""
     broker.declare("q")
     broker.publish("q", "a", "b")
-    broker.now += WINDOW_MS
+    broker.now += WINDOW_MS + DEDUP_EXPIRE_SLACK_MS
     broker.publish("q", "a")  # forgets the first publish's b, not its a
     broker.now += 1
     assert broker.publish("q", "a", "b")["ids"] == ["a", "b"]
@@ -677,7 +683,7 @@ def test_age_entries_of_single_ids_written_before_batches_still_expire(
             txn.put(keys.dedup_age_key(dkey, START_MS, idk), b"", db=store._dbs.dedup_age)
     assert broker.publish("q", "old-1")["ids"] == ["old-1"]
     assert ids(broker.receive("q")) == []  # remembered: a duplicate
-    broker.now += WINDOW_MS
+    broker.now += WINDOW_MS + DEDUP_EXPIRE_SLACK_MS
     broker.publish("q", "new")
     assert _entries(store, tmp_path, b"dedup") == 1
     assert _entries(store, tmp_path / "2", b"dedup_age") == 1

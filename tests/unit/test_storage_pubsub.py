@@ -8,6 +8,7 @@ import pytest
 from storage import Store, keys, streams
 from storage.exchanges import get_exchange
 from storage.fields import keys_with_prefix
+from storage.mutation import DEDUP_EXPIRE_LIMIT, DEDUP_EXPIRE_SLACK_MS
 from tests.unit.test_storage import MAP_SIZE, START_MS, Broker
 
 WINDOW_MS = 60_000
@@ -331,6 +332,24 @@ def test_append_assigns_dense_offsets_and_dedups(mq: PubSub) -> None:
     info = mq.stream_info("s")
     assert (info["first_offset"], info["last_offset"], info["records"]) == (0, 5, 6)
     assert info["bytes"] == sum(len(r["body"]) for r in read["records"])
+
+
+def test_stream_dedup_ids_are_forgotten_in_chunks_once_the_slack_has_passed(mq: PubSub) -> None:
+    mq.stream("s")
+    count = DEDUP_EXPIRE_LIMIT + 5
+    mq.append("s", *(f"r{i}" for i in range(count)))
+    mq.now += WINDOW_MS
+    # Outdated: appended again, though the old records are not forgotten yet.
+    assert mq.append("s", "r0")["offsets"] == [count]
+    assert len(_entries(mq, "stream_dedup")) == count
+    assert len(_entries(mq, "stream_dedup_age")) == count
+    mq.now += DEDUP_EXPIRE_SLACK_MS
+    assert mq.append("s", "r0")["offsets"] == [count]  # a duplicate of the new r0
+    # One chunk went: the oldest DEDUP_EXPIRE_LIMIT ids (r0 had moved to the newest).
+    assert len(_entries(mq, "stream_dedup")) == 5
+    mq.append("s")
+    assert len(_entries(mq, "stream_dedup")) == 1
+    assert len(_entries(mq, "stream_dedup_age")) == 1
 
 
 def test_read_windows_and_limits(mq: PubSub) -> None:
