@@ -47,11 +47,13 @@ class Proposer:
         timeout_s: float,
         max_per_entry: int,
         max_pending: int,
+        max_entry_bytes: int = 8 << 20,
     ) -> None:
         self._submit = submit
         self._loop = loop
         self._timeout_s = timeout_s
         self._max_per_entry = max_per_entry
+        self._max_entry_bytes = max_entry_bytes
         self._max_pending = max_pending
         self._pending: list[Pending] = []
         self._waiting = 0
@@ -111,23 +113,47 @@ class Proposer:
         return size * copies
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        while self._pending:
-            batch = self._pending[: self._max_per_entry]
-            del self._pending[: self._max_per_entry]
-            self._submit_batch(batch)
+        """Submit what is pending: entries of at most max_per_entry commands and,
+        unless one command is larger alone, max_entry_bytes.
 
-    def _submit_batch(self, batch: list[Pending]) -> None:
+        The byte bound keeps one entry's pickling, journal write and sends on the
+        tick thread short, whatever many large publishes arrive at once.
+        """
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        batch: list[Pending] = []
+        parts: list[bytes] = []
+        size = 0
+        for item in pending:
+            part = orjson.dumps(item[0])
+            if batch and (
+                len(batch) >= self._max_per_entry or size + len(part) > self._max_entry_bytes
+            ):
+                self._submit_batch(batch, parts)
+                batch, parts, size = [], [], 0
+            batch.append(item)
+            parts.append(part)
+            size += len(part) + 1
+        if batch:
+            self._submit_batch(batch, parts)
+
+    def _submit_batch(self, batch: list[Pending], parts: list[bytes]) -> None:
+        """Propose `batch` (`parts`: its commands serialized) as one entry.
+
+        Companions (receives of a few dozen bytes each) ride along whatever the
+        entry's bytes: they are already promised to their consumers.
+        """
         if self.companions is not None:
             room = self._max_per_entry - len(batch)
             extra = self.companions([command for command, _ in batch], room)
-            for _, future in extra:
+            for command, future in extra:
                 # Nobody awaits these through propose(): their timeout is set here.
                 self._loop.call_later(self._timeout_s, self._expire, future)
+                parts.append(orjson.dumps(command))
             self.companions_proposed += len(extra)
             batch = batch + extra
         futures = [future for _, future in batch]
-        payload = orjson.dumps([command for command, _ in batch])
+        payload = b"[" + b",".join(parts) + b"]"
 
         def on_result(result: Any, error: int) -> None:
             self._loop.call_soon_threadsafe(self._resolve, futures, result, error)

@@ -61,6 +61,7 @@ class RaftNode:
             timeout_s=self.settings.proposal_timeout_s,
             max_per_entry=self.settings.max_commands_per_entry,
             max_pending=self.settings.max_pending_commands,
+            max_entry_bytes=self.settings.max_entry_bytes,
         )
         self._proposer.companions = self._companions
         self._proposer.storage = self.storage

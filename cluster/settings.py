@@ -53,6 +53,9 @@ class RaftSettings:
     proposal_timeout_s: float = 5.0
     # At most this many commands per Raft entry (group commit), and this many waiting.
     max_commands_per_entry: int = 2000
+    # ...and this many bytes of commands, unless a single command is larger: one
+    # entry is pickled, journaled and sent by the tick thread in one go.
+    max_entry_bytes: int = 8 << 20
     max_pending_commands: int = 50000
     # The store's capacity (LMDB map size), and the free disk kept besides room
     # for a snapshot; near either, publishes are refused (cluster.storage_guard).

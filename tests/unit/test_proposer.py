@@ -23,7 +23,11 @@ class FakeRaft:
 
 
 def make(
-    raft: FakeRaft, timeout_s: float = 5.0, max_per_entry: int = 100, max_pending: int = 1000
+    raft: FakeRaft,
+    timeout_s: float = 5.0,
+    max_per_entry: int = 100,
+    max_pending: int = 1000,
+    max_entry_bytes: int = 8 << 20,
 ) -> Proposer:
     return Proposer(
         raft.submit,
@@ -31,6 +35,7 @@ def make(
         timeout_s=timeout_s,
         max_per_entry=max_per_entry,
         max_pending=max_pending,
+        max_entry_bytes=max_entry_bytes,
     )
 
 
@@ -60,6 +65,19 @@ async def test_entry_size_is_bounded() -> None:
     for commands, callback in raft.entries:
         callback([{} for _ in commands], FAIL_REASON.SUCCESS)
     await asyncio.gather(*tasks)
+
+
+async def test_entry_bytes_are_bounded_and_a_larger_command_goes_alone() -> None:
+    raft = FakeRaft()
+    proposer = make(raft, max_entry_bytes=1000)
+    sizes = [300, 300, 300, 2500, 100, 600, 600]
+    tasks = [asyncio.create_task(proposer.propose({"b": "x" * n})) for n in sizes]
+    await wait_entries(raft, 4)
+    entries = [[len(c["b"]) for c in commands] for commands, _ in raft.entries]
+    assert entries == [[300, 300, 300], [2500], [100, 600], [600]]
+    for commands, callback in raft.entries:
+        callback([{"n": len(c["b"])} for c in commands], FAIL_REASON.SUCCESS)
+    assert [r["n"] for r in await asyncio.gather(*tasks)] == sizes
 
 
 @pytest.mark.parametrize(
