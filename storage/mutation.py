@@ -498,7 +498,7 @@ class Mutation:
         the slack, one publish in many forgets a chunk of `limit`, so the oldest
         pages of the dedup B-trees are emptied and freed whole, not copied on
         write, with their branches, by every publish for a few ids each (that
-        cost 20 % more bytes written per message, and as much of the apply).
+        cost 20 % more bytes written per message).
 
         Age entries are taken oldest first where the cursor stands (a delete
         moves it to the next); an id whose dedup record is newer than the entry

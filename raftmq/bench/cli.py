@@ -581,9 +581,12 @@ def emit(results: Result, args: argparse.Namespace) -> None:
         with open(path) as f:
             peers.append(json.load(f))
     n = len(results.get("reps", []))
+    note = report.parameter_note(results)
     if args.markdown:
         _out(f"### raftmq (median of {n} run{'s' if n != 1 else ''})\n")
         _out(report.table(results))
+        if note:
+            _out(f"\n{note}")
         if peers:
             _out("\n### beside the peers (medians; ratio = raftmq ÷ peer)\n")
             _out(report.compare_table(results, peers))
@@ -594,7 +597,7 @@ def emit(results: Result, args: argparse.Namespace) -> None:
     else:
         sections = []
         if any(report.row_agg(results, row) is not None for row in report.ROWS):
-            sections.append(_plain(results))
+            sections.append(_plain(results) + (f"\n{note}" if note else ""))
         if peers:
             sections.append(report.compare_table(results, peers))
         extras = report.extras_tables(results)

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from raftmq.bench.workloads import Params
+
 __all__ = [
     "ROWS",
     "Row",
@@ -93,6 +95,27 @@ ROWS: list[Row] = [
     Row("W4 confirmed msgs lost", "w4", "lost_confirmed", "{:.0f}", "msgs", False, 0),
     Row("W4 duplicates (retried publishes)", "w4", "duplicates", "{:.0f}", "msgs", False),
 ]
+
+
+# The parameters the rows' labels and targets name (bench.py's, Params' defaults).
+LABELLED_PARAMS = ("inflight", "prefetch", "rate", "size")
+
+
+def parameter_note(results: Result) -> str | None:
+    """A warning when the run used other values than the labels and targets name."""
+    used = results.get("params", {})
+    harness = Params().as_dict()
+    changed = [
+        f"{key} {used[key]:g} (bench.py: {harness[key]:g})"
+        for key in LABELLED_PARAMS
+        if key in used and used[key] != harness[key]
+    ]
+    if not changed:
+        return None
+    return (
+        f"note: run with {', '.join(changed)}; the labels and targets name bench.py's "
+        "parameters, so these figures are not the ones the targets are about."
+    )
 
 
 @dataclass(frozen=True)

@@ -212,3 +212,21 @@ def test_url_mode_runs_w1_w2_and_skips_w4(
 def test_params_dataclass_round_trips() -> None:
     p = Params()
     assert Params(**p.as_dict()) == p
+
+
+def test_a_run_with_other_labelled_parameters_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = _results("raftmq", [_rep(43000, 1.5, 0.4)])
+    results["params"] = {**Params().as_dict(), "inflight": 1024}
+    assert report.parameter_note(results) == (
+        "note: run with inflight 1024 (bench.py: 256); the labels and targets name "
+        "bench.py's parameters, so these figures are not the ones the targets are about."
+    )
+    results["params"] = {**Params().as_dict(), "n": 500}  # counts are not in the labels
+    assert report.parameter_note(results) is None
+    results["params"]["prefetch"] = 64
+    path = tmp_path / "ours.json"
+    path.write_text(json.dumps(results))
+    assert main(["--from-json", str(path)]) == 0
+    assert "note: run with prefetch 64 (bench.py: 256)" in capsys.readouterr().out
