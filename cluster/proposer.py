@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 Submit = Callable[[bytes, Callable[[Any, int], None]], None]
 Pending = tuple[dict[str, Any], "asyncio.Future[Any]"]
+# A proposed command waiting for its entry: with its future and its JSON (made once).
+_Queued = tuple[dict[str, Any], "asyncio.Future[Any]", bytes]
 # (commands of an entry being proposed, room left in it) -> commands to add to it.
 Companions = Callable[[list[dict[str, Any]], int], list[Pending]]
 
@@ -55,7 +57,7 @@ class Proposer:
         self._max_per_entry = max_per_entry
         self._max_entry_bytes = max_entry_bytes
         self._max_pending = max_pending
-        self._pending: list[Pending] = []
+        self._pending: list[_Queued] = []
         self._waiting = 0
         self._flush_scheduled = False
         self.companions: Companions | None = None
@@ -78,11 +80,12 @@ class Proposer:
         """Commit `command` through Raft and return its result from storage."""
         if self._waiting >= self._max_pending:
             raise Overloaded(f"{self._waiting} commands are waiting for Raft")
+        part = orjson.dumps(command)
         admitted = 0
         if self.storage is not None and command.get("op") in GROWING_OPS:
-            admitted = self._admit(command, self.storage)
+            admitted = self._admit(command, len(part), self.storage)
         future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self._pending.append((command, future))
+        self._pending.append((command, future, part))
         self._waiting += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -98,9 +101,9 @@ class Proposer:
             if admitted and self.storage is not None:
                 self.storage.settled(admitted)
 
-    def _admit(self, command: dict[str, Any], storage: StorageGuard) -> int:
-        """The bytes the storage guard admitted for `command`; StorageFull if it did not."""
-        size = len(orjson.dumps(command))
+    def _admit(self, command: dict[str, Any], size: int, storage: StorageGuard) -> int:
+        """The bytes the storage guard admitted for `command` (`size` bytes of JSON);
+        StorageFull if it did not."""
         copies = 1
         exchange = command.get("exchange")
         if command["op"] == "publish_exchange" and self.exchange_copies is not None:
@@ -124,14 +127,13 @@ class Proposer:
         batch: list[Pending] = []
         parts: list[bytes] = []
         size = 0
-        for item in pending:
-            part = orjson.dumps(item[0])
+        for command, future, part in pending:
             if batch and (
                 len(batch) >= self._max_per_entry or size + len(part) > self._max_entry_bytes
             ):
                 self._submit_batch(batch, parts)
                 batch, parts, size = [], [], 0
-            batch.append(item)
+            batch.append((command, future))
             parts.append(part)
             size += len(part) + 1
         if batch:

@@ -261,6 +261,11 @@ def dedup_age_key(q: bytes, published_at: int, idk: bytes) -> bytes:
     return q + U64.pack(published_at) + idk
 
 
+def aged_by(key: bytes, q: bytes, bound: int) -> bool:
+    """Whether a dedup_age (or stream_dedup_age) `key` is under `q` and its time <= `bound`."""
+    return key.startswith(q) and U64.unpack_from(key, len(q))[0] <= bound
+
+
 def dedup_batch_key(q: bytes, published_at: int, first_seq: int) -> bytes:
     return q + U64_PAIR.pack(published_at, first_seq)
 

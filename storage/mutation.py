@@ -512,17 +512,11 @@ class Mutation:
             self.txn.cursor(db=self.dbs.dedup_age) as ages,
             self.txn.cursor(db=self.dbs.dedup) as records,
         ):
-            if not ages.set_range(dkey):
-                return
-            oldest = ages.key()
-            if (
-                not oldest.startswith(dkey)
-                or keys.U64.unpack_from(oldest, len(dkey))[0] > cutoff - slack
-            ):
+            if not ages.set_range(dkey) or not keys.aged_by(ages.key(), dkey, cutoff - slack):
                 return
             while budget > 0:
                 key = ages.key()
-                if not key.startswith(dkey) or keys.U64.unpack_from(key, len(dkey))[0] > cutoff:
+                if not keys.aged_by(key, dkey, cutoff):
                     return
                 value = ages.value()
                 idks = keys.unpack_idkeys(value) if value else [key[start:]]

@@ -208,16 +208,10 @@ def _expire_dedup(m: Mutation, prefix: bytes, cutoff: int) -> None:
     with m.txn.cursor(db=m.dbs.stream_dedup_age) as cursor:
         if not cursor.set_range(prefix):
             return
-        oldest = cursor.key()
-        if (
-            not oldest.startswith(prefix)
-            or keys.U64.unpack_from(oldest, len(prefix))[0] > cutoff - DEDUP_EXPIRE_SLACK_MS
-        ):
+        if not keys.aged_by(cursor.key(), prefix, cutoff - DEDUP_EXPIRE_SLACK_MS):
             return
         for key in cursor.iternext(keys=True, values=False):
-            if len(expired) >= DEDUP_EXPIRE_LIMIT or not key.startswith(prefix):
-                break
-            if keys.U64.unpack_from(key, len(prefix))[0] > cutoff:
+            if len(expired) >= DEDUP_EXPIRE_LIMIT or not keys.aged_by(key, prefix, cutoff):
                 break
             expired.append(key)
     start = len(prefix) + keys.U64.size
