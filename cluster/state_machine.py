@@ -2,7 +2,6 @@
 
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,9 +34,6 @@ AppliedListener = Callable[[list[dict[str, Any]], list[dict[str, Any]]], None]
 
 # Exit status of a node that met a storage failure it cannot apply around.
 EXIT_STORAGE_FAILURE = 70
-# How often a node that applies entries unmaps the LMDB pages it has read, so its
-# RSS does not grow with the database (storage/mapped.py).
-MAP_RELEASE_PERIOD_S = 2.0
 
 
 def make_conf(settings: RaftSettings, codec: SnapshotCodec, raft_dir: str) -> Any:
@@ -101,7 +97,6 @@ class ReplicatedBroker(
         self._snapshot_forced = False
         self._snapshot_put_off = False
         self.leader_changes = 0
-        self._map_release_due = 0.0
         self._leader_logged: tuple[str | None, int] = (None, 0)
         codec = SnapshotCodec(
             holder,
@@ -206,10 +201,8 @@ class ReplicatedBroker(
             # No lock: applies and the store swap run on this (tick) thread, and a
             # snapshot copy reads a pinned state; the lock keeps HTTP readers off a swap.
             results = self._holder.store.apply(index, commands)
-            now = time.monotonic()
-            if now >= self._map_release_due:
-                self._map_release_due = now + MAP_RELEASE_PERIOD_S
-                self._holder.store.release_mapped_pages()
+            # RSS must not grow with the database (storage/mapped.py).
+            self._holder.store.bound_mapped_pages()
         except Exception:
             logger.critical("cannot apply entry %d; stopping the node", index, exc_info=True)
             logging.shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
@@ -32,6 +33,8 @@ DEDUP_EXPIRE_LIMIT: Final = 1000
 # A publish forgets outdated ids only once the oldest is outdated by this many ms,
 # so that they go in chunks of up to DEDUP_EXPIRE_LIMIT (see Mutation.expire_dedup).
 DEDUP_EXPIRE_SLACK_MS: Final = 1000
+# How many keys a reap removes between two looks at the mapped bytes.
+REAP_MAPPED_CHECK: Final = 256
 
 COUNTERS: Final = (
     "total",
@@ -153,10 +156,13 @@ class Mutation:
         dbs: Dbs,
         now: int,
         memo: dict[Any, Any] | None = None,
+        bound_mapped: Callable[[], object] | None = None,
     ) -> None:
         self.txn = txn
         self.dbs = dbs
         self.now = now
+        # Called every REAP_MAPPED_CHECK keys a reap removes (Store.bound_mapped_pages).
+        self._bound_mapped = bound_mapped
         # The Store's cache of data derived from LMDB (topic routers). Entries
         # are keyed by versions stored in LMDB, so using it never changes a result.
         self.memo: dict[Any, Any] = {} if memo is None else memo
@@ -637,13 +643,21 @@ class Mutation:
             return bool(cursor.set_range(prefix)) and cursor.key().startswith(prefix)
 
     def _delete_prefix(self, db: lmdb._Database, prefix: bytes, limit: int) -> int:
-        """Delete up to `limit` keys starting with `prefix`; returns how many."""
+        """Delete up to `limit` keys starting with `prefix`; returns how many.
+
+        Every REAP_MAPPED_CHECK keys the store may let go of the map pages read so
+        far: removing a record whose value has pages of its own reads its first
+        page, and the kernel maps the cached pages around it too, so one reap of
+        large records (dedup age entries) would otherwise map hundreds of MiB.
+        """
         deleted = 0
         with self.txn.cursor(db=db) as cursor:
             if limit <= 0 or not cursor.set_range(prefix):
                 return 0
             while deleted < limit and cursor.key().startswith(prefix):
                 deleted += 1
+                if deleted % REAP_MAPPED_CHECK == 0 and self._bound_mapped is not None:
+                    self._bound_mapped()
                 if not cursor.delete():
                     break
         return deleted

@@ -18,11 +18,15 @@ import lmdb
 from storage import exchanges, keys
 from storage.commands import Command, Result, command_now, execute
 from storage.errors import InvalidCommand
-from storage.mapped import mapped_ranges, release_mapped_pages
+from storage.mapped import mapped_file_bytes, mapped_ranges, release_mapped_pages
 from storage.mutation import Dbs, Mutation, lease_holds
 from storage.writeback import start_writeback
 
 T = TypeVar("T")
+
+# Mapped file bytes (LMDB's map and shared libraries) above which the store lets
+# go of the map's pages: see `Store.bound_mapped_pages`.
+MAPPED_BOUND_BYTES = 64 << 20
 
 
 def _by_name(named_db: tuple[bytes, object]) -> bytes:
@@ -32,8 +36,16 @@ def _by_name(named_db: tuple[bytes, object]) -> bytes:
 class Store:
     """One replica's queues, messages and node registry."""
 
-    def __init__(self, path: str, *, map_size: int = 8 << 30, sync: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        map_size: int = 8 << 30,
+        sync: bool = False,
+        mapped_bound: int = MAPPED_BOUND_BYTES,
+    ) -> None:
         self._path = path
+        self._mapped_bound = mapped_bound
         self._env = lmdb.open(
             path,
             map_size=map_size,
@@ -112,7 +124,8 @@ class Store:
         child = self._env.begin(write=True, parent=txn)
         try:
             now = max(command_now(cmd), last_now)
-            result = execute(Mutation(child, self._dbs, now, self._memo), cmd)
+            mutation = Mutation(child, self._dbs, now, self._memo, self.bound_mapped_pages)
+            result = execute(mutation, cmd)
         except lmdb.Error:
             child.abort()
             raise
@@ -135,14 +148,28 @@ class Store:
     def release_mapped_pages(self) -> None:
         """Stop counting the database's pages this process has read in its RSS.
 
-        They stay in the page cache; see storage/mapped.py. Call it between
-        write transactions (readers may run at the same time).
+        They stay in the page cache; see storage/mapped.py. Readers and the
+        one writer may run meanwhile (see `bound_mapped_pages`).
         """
         data_file = os.path.join(self._path, "data.mdb")
         if self._map_ranges is None:
             # LMDB maps the file once, at open, for the environment's life.
             self._map_ranges = mapped_ranges(data_file)
         release_mapped_pages(data_file, self._map_ranges)
+
+    def bound_mapped_pages(self) -> bool:
+        """`release_mapped_pages` if this process has more than the store's
+        `mapped_bound` of files mapped in; whether it did.
+
+        Cheap enough to ask after every entry, and while a command removes many
+        keys. Releasing while a write transaction is open is safe: the map is
+        read-only, pages stay in the page cache, and no page this transaction
+        can reach changes before it commits (LMDB writes through the file).
+        """
+        if mapped_file_bytes() <= self._mapped_bound:
+            return False
+        self.release_mapped_pages()
+        return True
 
     def pin(self) -> PinnedState:
         """Hold the last committed state for a copy that may run while writes go on.

@@ -3,6 +3,7 @@
 from typing import Any
 
 from storage import Store, keys, streams
+from storage.mutation import REAP_MAPPED_CHECK
 from tests.unit.test_storage import Broker, counts, ids
 from tests.unit.test_storage_pubsub import PubSub
 
@@ -43,6 +44,27 @@ def reap_all(broker: Broker, max_keys: int) -> int:
             assert not broker.store.has_buried()
             return rounds
         assert broker.store.has_buried()
+
+
+def test_a_reap_looks_at_the_mapped_bytes_every_few_hundred_keys(broker: Broker) -> None:
+    """A reap reads the first page of every large record it removes (and the kernel maps
+    the cached pages around it): it lets the store bound what is mapped as it goes."""
+    broker.declare("big")
+    publish_many(broker, "big", 3000)
+    assert broker.run("delete_queue", queue="big") == {"status": "deleted"}
+    removed = sum(keys_of(broker.store, "big").values())
+    looks: list[int] = []
+
+    def look() -> bool:
+        looks.append(1)
+        return False
+
+    broker.store.bound_mapped_pages = look  # type: ignore[method-assign]
+    result = broker.run("reap", max_keys=100_000)
+    assert result["removed"] == removed and not result["more"]
+    # Every REAP_MAPPED_CHECK keys of each database: at least one look per full chunk.
+    assert len(looks) >= removed // REAP_MAPPED_CHECK - len(MESSAGE_DBS)
+    assert len(looks) >= 20
 
 
 def test_delete_buries_the_keys_and_reap_removes_them_in_bounded_steps(broker: Broker) -> None:

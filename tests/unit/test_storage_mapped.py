@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from storage import Store
-from storage.mapped import mapped_ranges
+from storage.mapped import mapped_file_bytes, mapped_ranges
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and madvise")
 
@@ -18,14 +18,17 @@ def _rss_file_kib() -> int:
     raise AssertionError("no RssFile in /proc/self/status")
 
 
+def fill_with_25_mb(store: Store) -> None:
+    """20,000 messages of 1,000 bytes in queue "q", in 200 entries."""
+    store.apply(1, [{"op": "declare_queue", "queue": "q", "now_ms": 1}])
+    for index in range(2, 202):
+        batch = [{"id": f"{index}-{j}", "body": "x" * 1000} for j in range(100)]
+        store.apply(index, [{"op": "publish", "queue": "q", "now_ms": index, "messages": batch}])
+
+
 def test_release_drops_read_pages_and_keeps_the_data(tmp_path: Path) -> None:
     with Store(str(tmp_path / "s")) as store:
-        store.apply(1, [{"op": "declare_queue", "queue": "q", "now_ms": 1}])
-        for index in range(2, 202):
-            batch = [{"id": f"{index}-{j}", "body": "x" * 1000} for j in range(100)]
-            store.apply(
-                index, [{"op": "publish", "queue": "q", "now_ms": index, "messages": batch}]
-            )
+        fill_with_25_mb(store)
         store.release_mapped_pages()
         before = _rss_file_kib()
         digest = store.digest()  # reads every page, ~25 MB, through the map
@@ -36,6 +39,21 @@ def test_release_drops_read_pages_and_keeps_the_data(tmp_path: Path) -> None:
         assert store.digest() == digest
         queue = store.get_queue("q", now_ms=1000)
         assert queue is not None and queue["total"] == 20_000
+
+
+def test_the_store_releases_its_map_once_over_its_bound(tmp_path: Path) -> None:
+    baseline = mapped_file_bytes()
+    assert baseline > 0  # shared libraries at least
+    with Store(str(tmp_path / "s"), mapped_bound=baseline + (8 << 20)) as store:
+        fill_with_25_mb(store)
+        store.release_mapped_pages()
+        assert not store.bound_mapped_pages()  # nothing read since: under the bound
+        digest = store.digest()  # reads ~25 MB through the map
+        touched = mapped_file_bytes()
+        assert touched > baseline + (15 << 20)
+        assert store.bound_mapped_pages()
+        assert mapped_file_bytes() < touched - (15 << 20)
+        assert store.digest() == digest
 
 
 def test_mapped_ranges_reads_the_maps_format(tmp_path: Path) -> None:
