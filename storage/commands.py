@@ -10,7 +10,6 @@ from typing import Any, Final
 
 from storage import exchanges, keys, streams, users
 from storage.config import (
-    OVERFLOW_REJECT,
     config_problem,
     normalize_queue_config,
 )
@@ -113,14 +112,9 @@ def publish(m: Mutation, cmd: Command) -> Result:
     if q is None:
         return dict(_NOT_FOUND)
     fresh = m.fresh(q, outgoing, window)
-    limit = q.config["max_length"]
-    overflow = q.config["overflow"]
-    if limit is not None and overflow == OVERFLOW_REJECT and q.total + len(fresh) > limit:
-        return {
-            "status": "queue_full",
-            "message": f"queue {q.name} holds {q.total} of at most {limit} messages; "
-            f"{len(fresh)} more do not fit",
-        }
+    refusal = q.refuses(len(fresh))
+    if refusal is not None:
+        return {"status": "queue_full", "message": refusal}
     m.publish(q, fresh, window)
     return {"status": "ok", "ids": [message.id for message in outgoing]}
 

@@ -19,7 +19,6 @@ from typing import Any, Final
 import lmdb
 
 from storage import keys
-from storage.config import OVERFLOW_REJECT
 from storage.errors import InvalidCommand
 from storage.fields import (
     Command,
@@ -212,17 +211,10 @@ def publish_exchange(m: Mutation, cmd: Command) -> Result:
     plans: list[tuple[QueueState, Fresh]] = []
     for q in queues:
         fresh = m.fresh(q, messages, window)
-        limit = q.config["max_length"]
-        if (
-            limit is not None
-            and q.config["overflow"] == OVERFLOW_REJECT
-            and q.total + len(fresh) > limit
-        ):
-            return {
-                "status": "queue_full",
-                "message": f"queue {q.name} holds {q.total} of at most {limit} messages; "
-                f"{len(fresh)} more do not fit, so the publish was refused for every queue",
-            }
+        refusal = q.refuses(len(fresh))
+        if refusal is not None:
+            message = f"{refusal}, so the publish was refused for every queue"
+            return {"status": "queue_full", "message": message}
         plans.append((q, fresh))
     for q, fresh in plans:
         m.publish(q, fresh, window)

@@ -139,6 +139,18 @@ class QueueState:
     def total(self) -> int:
         return self.counters["total"]
 
+    def refuses(self, incoming: int) -> str | None:
+        """Why `incoming` more messages do not fit (max_length, reject_publish), or None."""
+        limit = self.config["max_length"]
+        if limit is None or self.config["overflow"] != OVERFLOW_REJECT:
+            return None
+        if self.total + incoming <= limit:
+            return None
+        return (
+            f"queue {self.name} holds {self.total} of at most {limit} messages; "
+            f"{incoming} more do not fit"
+        )
+
 
 def lease_holds(message: Message, token: str, now: int) -> bool:
     """Whether `token` still leases `message` at `now`: a lease ends at its deadline."""
@@ -556,9 +568,7 @@ class Mutation:
         target = self.queue(target_name)
         if target is None:
             return
-        limit = target.config["max_length"]
-        overflow = target.config["overflow"]
-        if limit is not None and overflow == OVERFLOW_REJECT and target.total + 1 > limit:
+        if target.refuses(1) is not None:
             return
         headers = dict(message["headers"])
         headers[HEADER_REASON] = reason
@@ -571,7 +581,7 @@ class Mutation:
             encoding=message.get("encoding"),
             delay_ms=None,
         )
-        if overflow == OVERFLOW_DROP_HEAD:
+        if target.config["overflow"] == OVERFLOW_DROP_HEAD:
             self.trim(target, forward=False)
 
     def trim(self, q: QueueState, *, forward: bool) -> None:
