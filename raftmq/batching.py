@@ -35,12 +35,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from raftmq.errors import BadRequest, Conflict
-
-if TYPE_CHECKING:
-    from raftmq.client import AckResult
+from raftmq.results import AckResult
 
 __all__ = [
     "DEFAULT_LINGER_MS",
@@ -282,7 +280,7 @@ PublishFn = Callable[[str, list[dict[str, Any]]], Awaitable[list[str]]]
 PublishManyFn = Callable[
     [list[tuple[str, list[dict[str, Any]]]]], Awaitable[list["list[str] | BaseException"]]
 ]
-AckFn = Callable[[str, list[str]], Awaitable["AckResult"]]
+AckFn = Callable[[str, list[str]], Awaitable[AckResult]]
 # The publish lane of a Batcher whose publishes may share requests across queues.
 _ALL_QUEUES = ""
 
@@ -389,8 +387,6 @@ class Batcher:
     async def _send_acks(self, queue: str, groups: list[list[str]]) -> list[AckResult]:
         if len(groups) == 1:
             return [await self._ack_fn(queue, groups[0])]
-        from raftmq.client import AckResult  # not at the top: raftmq.client imports this module
-
         merged = [r for group in groups for r in group]
         result = await self._ack_fn(queue, merged)
         if not result.stale:

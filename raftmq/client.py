@@ -34,7 +34,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
@@ -67,6 +67,7 @@ from raftmq.pubsub import (
     decode_batch,
     decode_body,
 )
+from raftmq.results import AckResult, NackResult
 
 if TYPE_CHECKING:
     from raftmq.channel import Channel
@@ -140,22 +141,6 @@ class ReceivedMessage:
     receipt: str
     deliveries: int
     published_at: float
-
-
-@dataclass(frozen=True)
-class AckResult:
-    """``stale`` lists receipts that no longer matched (redelivered, acked, or expired)."""
-
-    acked: int
-    stale: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class NackResult:
-    """``stale`` lists receipts that no longer matched (redelivered, acked, or expired)."""
-
-    requeued: int
-    stale: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------- request building
