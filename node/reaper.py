@@ -11,6 +11,7 @@ applies the same reaps.
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from cluster.errors import ClusterError
@@ -21,23 +22,35 @@ logger = logging.getLogger(__name__)
 
 # What the buried keys are the remains of, for the log.
 BURIED: Final = "deleted and purged queues and deleted streams"
-# Keys removed per Raft entry: about 4 ms of apply (a 200,000-message queue: 80 reaps).
+# Keys removed per Raft entry: 10-20 ms of apply on every node.
 REAP_MAX_KEYS: Final = 10_000
-# Between two reaps, so other commands' entries go first.
+# Least pause between two reaps, so other commands' entries go first.
 REAP_PAUSE_S: Final = 0.005
+# Share of the time the reaper's entries may take. After a reap whose proposal took t
+# to come back (waiting behind other entries, the Raft round, every node's apply), the
+# next waits t * (1 / share - 1): a busy cluster slows the reaper down by itself, and
+# the publishes of an application filling a new queue keep most of the apply thread.
+REAP_TIME_SHARE: Final = 0.25
 # How often a node checks for buried keys when there were none.
 REAP_IDLE_S: Final = 1.0
 
 
-async def reap_forever(raft: RaftPort) -> None:
+async def reap_forever(
+    raft: RaftPort,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
     removed = 0
     started: float | None = None
     while True:
         more = raft.is_leader() and raft.read(lambda store: store.has_buried())
+        pause = REAP_IDLE_S
         if more:
             if started is None:
-                started, removed = time.monotonic(), 0
+                started, removed = clock(), 0
                 logger.info("removing the stored keys of %s", BURIED)
+            proposed = clock()
             try:
                 result = await raft.propose_as_leader(
                     {"op": "reap", "max_keys": REAP_MAX_KEYS, "now_ms": now_ms()}
@@ -50,10 +63,9 @@ async def reap_forever(raft: RaftPort) -> None:
                 more = bool(result.get("more"))
                 if not more:
                     logger.info(
-                        "removed %d keys of %s in %.1f s",
-                        removed,
-                        BURIED,
-                        time.monotonic() - started,
+                        "removed %d keys of %s in %.1f s", removed, BURIED, clock() - started
                     )
                     started = None
-        await asyncio.sleep(REAP_PAUSE_S if more else REAP_IDLE_S)
+            if more:
+                pause = max(REAP_PAUSE_S, (clock() - proposed) * (1 / REAP_TIME_SHARE - 1))
+        await sleep(pause)
