@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from raftmq.bench import report
@@ -158,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nodes", type=_positive_int, default=3)
     g.add_argument("--fsync", choices=["always", "never"], default="always")
     g.add_argument("--base-port", type=int, help="raft ports from here, HTTP +100 (default: free)")
+    g.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        type=Path,
+        help="copy each node's log to DIR/<id>.log when the cluster stops "
+        "(its data directory is deleted)",
+    )
 
     g = p.add_argument_group("client")
     g.add_argument(
@@ -686,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
                 runner = Runner(args, params, urls, None, progress)
                 results = _run_loop(runner.run(), params.loop, params.client_gc)
             else:
-                with BenchCluster(args.nodes, fsync=args.fsync, base_port=args.base_port) as c:
+                with BenchCluster(
+                    args.nodes, fsync=args.fsync, base_port=args.base_port, keep_logs=args.keep_logs
+                ) as c:
                     progress.message(
                         f"starting a {args.nodes}-node cluster (--fsync {args.fsync}) "
                         f"on {c.specs[0].host}:{c.specs[0].raft_port}+ in {c.data_root}"

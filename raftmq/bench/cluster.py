@@ -72,9 +72,17 @@ def proc_memory_kib(pid: int) -> dict[str, int]:
 class BenchCluster(LocalCluster):
     """A 3-node cluster with ``--fsync always`` in a temp dir that is deleted on stop."""
 
-    def __init__(self, nodes: int = 3, *, fsync: str = "always", base_port: int | None = None):
+    def __init__(
+        self,
+        nodes: int = 3,
+        *,
+        fsync: str = "always",
+        base_port: int | None = None,
+        keep_logs: Path | None = None,
+    ):
         self._tmp = Path(tempfile.mkdtemp(prefix="raftmq-bench-"))
         self._fixed_port = base_port
+        self._keep_logs = keep_logs
         super().__init__(
             nodes,
             data_dir=self._tmp,
@@ -109,11 +117,20 @@ class BenchCluster(LocalCluster):
                 ]
 
     def stop(self, timeout: float = 10.0) -> dict[str, int]:
-        """Stops every node (SIGTERM, then SIGKILL) and deletes the data dir."""
+        """Stops every node (SIGTERM, then SIGKILL) and deletes the data dir, after
+        copying each node's log to ``keep_logs/<id>.log`` if that was given."""
         try:
             return super().stop(timeout)
         finally:
+            if self._keep_logs is not None:
+                self._copy_logs(self._keep_logs)
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _copy_logs(self, into: Path) -> None:
+        into.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copyfile(spec.log_path, into / f"{spec.id}.log")
 
     def __enter__(self) -> Self:
         try:

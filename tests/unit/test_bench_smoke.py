@@ -71,7 +71,11 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bench_w1_w2_on_its_own_cluster_writes_valid_json(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     before = _bench_dirs()
-    proc = _bench("--workloads", "W1,W2", "--scale", "0.01", "--out", str(out), "--markdown")
+    logs = tmp_path / "logs"
+    proc = _bench(
+        "--workloads", "W1,W2", "--scale", "0.01", "--out", str(out), "--markdown",
+        "--keep-logs", str(logs),
+    )  # fmt: skip
 
     results = json.loads(out.read_text())
     assert results["peer"] == "raftmq"
@@ -91,6 +95,10 @@ def test_bench_w1_w2_on_its_own_cluster_writes_valid_json(tmp_path: Path) -> Non
     assert "| W2 consume+ack, prefetch 256 |" in proc.stdout
 
     assert _bench_dirs() <= before, "the cluster's temp data dir must be removed"
+    # --keep-logs: each node's log outlives the data dir.
+    kept = sorted(p.name for p in logs.iterdir())
+    assert kept == ["n1.log", "n2.log", "n3.log"]
+    assert all("leader is" in (logs / name).read_text() for name in kept)
 
 
 def test_proc_cpu_reads_the_cpu_time_of_processes() -> None:
