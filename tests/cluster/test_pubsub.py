@@ -129,7 +129,7 @@ def test_a_big_stream_goes_at_once_and_its_records_are_removed_in_the_background
         assert client.append("big.s", [Message("after", id="b0.0")]) == [0]
         client.commit_offset("big.s", "readers", 1)
         # 20,000 records, as many dedup and dedup-age entries, one group offset:
-        # removed 10,000 keys per Raft entry while the stream is in use again.
+        # removed REAP_MAX_KEYS keys per Raft entry while the stream is in use again.
         wait_for(
             lambda: all(
                 scrape(n.url)["raftmq_deleted_messages_pending"] == 0 for n in cluster3.nodes

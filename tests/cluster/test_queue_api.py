@@ -326,7 +326,7 @@ def test_a_big_queue_goes_at_once_and_its_messages_are_removed_in_the_background
         client.delete_queue(qname)
         client.declare_queue(qname)
         client.publish(qname, "after")
-    # About 84,000 keys, removed 10,000 per Raft entry while the queue is in use again.
+    # About 84,000 keys, removed REAP_MAX_KEYS per Raft entry while the queue is in use again.
     wait_for(
         lambda: all(scrape(n.url)["raftmq_deleted_messages_pending"] == 0 for n in cluster3.nodes),
         60,
