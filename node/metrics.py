@@ -9,6 +9,7 @@ counters.
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
@@ -63,13 +64,29 @@ def _file_size(path: str) -> int:
         return 0
 
 
+class ReapedKeys:
+    """Keys of deleted queues and streams this node's applies have removed (an apply
+    listener, on the tick thread): how fast `raftmq_deleted_messages_pending` clears."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def on_applied(self, commands: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+        for command, result in zip(commands, results, strict=False):
+            if command.get("op") == "reap":
+                self.total += int(result.get("removed", 0))
+
+
 class BrokerCollector(Collector):
     """Reads queue and Raft state of this node at each scrape."""
 
-    def __init__(self, raft: RaftPort, config: NodeConfig, waiters: QueueWaiters) -> None:
+    def __init__(
+        self, raft: RaftPort, config: NodeConfig, waiters: QueueWaiters, reaped: ReapedKeys
+    ) -> None:
         self._raft = raft
         self._config = config
         self._waiters = waiters
+        self._reaped = reaped
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queues()
@@ -85,6 +102,12 @@ class BrokerCollector(Collector):
         )
         buried.add_metric([], int(self._raft.read(lambda store: store.has_buried())))
         yield buried
+        reaped = CounterMetricFamily(
+            "raftmq_reaped_keys",
+            "Keys of deleted or purged queues and deleted streams removed here.",
+        )
+        reaped.add_metric([], self._reaped.total)
+        yield reaped
         journal = GaugeMetricFamily("raftmq_raft_journal_bytes", "Size of the Raft journal file.")
         journal.add_metric([], _file_size(os.path.join(data_dir, "raft", "journal.bin")))
         yield journal
@@ -229,7 +252,9 @@ class Metrics:
     def __init__(self, raft: RaftPort, config: NodeConfig, waiters: QueueWaiters) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.registry)
-        self.registry.register(BrokerCollector(raft, config, waiters))
+        self.reaped = ReapedKeys()
+        raft.add_apply_listener(self.reaped.on_applied)
+        self.registry.register(BrokerCollector(raft, config, waiters, self.reaped))
         self.requests = Histogram(
             "raftmq_http_request_duration_seconds",
             "HTTP request latency by route and status.",

@@ -338,6 +338,31 @@ async def test_metrics_exposition(client: TestClient[Any, Any]) -> None:
     assert "process_resident_memory_bytes" in text
 
 
+async def test_metrics_count_the_keys_removed_after_a_delete(
+    client: TestClient[Any, Any],
+) -> None:
+    await client.put("/v1/queues/gone", json={})
+    messages = [{"body": str(i)} for i in range(300)]
+    assert (await client.post("/v1/queues/gone/messages", json={"messages": messages})).ok
+    assert (await client.delete("/v1/queues/gone")).status == 204
+
+    async def scrape() -> dict[str, float]:
+        text = await (await client.get("/metrics")).text()
+        wanted = ("raftmq_reaped_keys_total", "raftmq_deleted_messages_pending")
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith(wanted)
+        }
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while (seen := await scrape())["raftmq_deleted_messages_pending"] != 0:
+        assert asyncio.get_running_loop().time() < deadline, seen
+        await asyncio.sleep(0.05)
+    # Each message left a record, a ready entry and a dedup entry; the publish one age entry.
+    assert seen["raftmq_reaped_keys_total"] == 3 * 300 + 1
+
+
 async def test_metrics_show_an_unreachable_member(
     client: TestClient[Any, Any], fake: FakeRaft, monkeypatch: pytest.MonkeyPatch
 ) -> None:
