@@ -56,6 +56,23 @@ def test_the_store_releases_its_map_once_over_its_bound(tmp_path: Path) -> None:
         assert store.digest() == digest
 
 
+def test_releasing_the_map_in_the_middle_of_a_reap_changes_nothing(tmp_path: Path) -> None:
+    """A store that lets go of its map at every look (bound 0) inside reaps ends with the
+    same bytes as one that never does."""
+    digests = []
+    for name, bound in (("always", 0), ("never", 1 << 50)):
+        with Store(str(tmp_path / name), mapped_bound=bound) as store:
+            fill_with_25_mb(store)
+            store.apply(300, [{"op": "delete_queue", "queue": "q", "now_ms": 300}])
+            index, more = 301, True
+            while more:
+                results = store.apply(index, [{"op": "reap", "max_keys": 5000, "now_ms": 301}])
+                assert results is not None and results[0]["status"] == "ok"
+                more, index = results[0]["more"], index + 1
+            digests.append(store.digest())
+    assert digests[0] == digests[1]
+
+
 def test_mapped_ranges_reads_the_maps_format(tmp_path: Path) -> None:
     data = tmp_path / "data.mdb"
     data.write_bytes(b"")
