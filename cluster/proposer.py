@@ -49,7 +49,7 @@ class Proposer:
         timeout_s: float,
         max_per_entry: int,
         max_pending: int,
-        max_entry_bytes: int = 8 << 20,
+        max_entry_bytes: int,
     ) -> None:
         self._submit = submit
         self._loop = loop
