@@ -22,6 +22,8 @@ from typing import Any
 
 from pysyncobj.tcp_connection import TcpConnection
 
+from cluster.wire_buffers import install_linear_buffers
+
 __all__ = ["UNTRUSTED_BUFFER_BYTES", "install_wire_guard"]
 
 logger = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ _TRUSTED = "_raftmq_trusted"
 
 def _first_message_state(connection: Any) -> str:
     """For a connection with no accepted message yet: "too_large", "complete" or "partial"."""
-    buffer: bytes = getattr(connection, _BUFFER)
+    buffer: bytes | bytearray = getattr(connection, _BUFFER)
     if len(buffer) < _LENGTH.size:
         return "partial"
     (announced,) = _LENGTH.unpack_from(buffer)
@@ -56,9 +58,14 @@ def _cut_off(connection: Any) -> None:
 
 
 def install_wire_guard() -> None:
-    """Wrap TcpConnection's read and parse steps once per process (idempotent)."""
+    """Wrap TcpConnection's read and parse steps once per process (idempotent).
+
+    The steps wrapped are cluster.wire_buffers' (installed first), so that
+    installing those later cannot remove the guard.
+    """
     if getattr(TcpConnection, "_raftmq_guarded", False):
         return
+    install_linear_buffers()
     read: Callable[[Any], bool] = getattr(TcpConnection, _READ)
     parse: Callable[[Any], Any] = getattr(TcpConnection, _PARSE)
     close: Callable[[Any], None] = TcpConnection.disconnect
