@@ -44,6 +44,8 @@ from cluster.raft_fixes import (
     LeaderFlushesInParallel,
 )
 from cluster.transport import FlushingTransport
+from cluster.wire_framing import install_stored_framing
+from cluster.wire_guard import install_wire_guard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("journal_child.py")
@@ -263,6 +265,10 @@ def start_cluster(
     tmp_path: Path, durable_journals: None, checker: DurabilityChecker
 ) -> Iterator[StartCluster]:
     clusters: list[list[CounterNode]] = []
+    # The connections as a node's have them (ReplicatedBroker installs these), so the
+    # timing of a burst does not depend on which tests ran before in this process.
+    install_wire_guard()
+    install_stored_framing()
 
     def start(
         transport: type[Any], node_class: type[CounterNode] = CounterNode, **conf: Any
