@@ -15,6 +15,7 @@ from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.syncobj import _COMMAND_TYPE, _RAFT_STATE
 
 from cluster.journal import journal_of
+from cluster.wire_buffers import pending_send_bytes
 
 
 class PipelinedReplication:
@@ -442,3 +443,180 @@ def _forwardable(command: object) -> bool:
         and bool(commands)
         and all(isinstance(c, dict) and c.get("op") in FORWARDABLE_OPS for c in commands)
     )
+
+
+# Bytes queued for one follower, beyond what the kernel holds, past which the leader
+# sends it nothing more until the poll has drained them (see PacedCatchUp).
+CATCH_UP_QUEUE_BYTES = 8 << 20
+# The longest the leader's tick thread spends, per call or tick, reading and
+# queueing what followers that are behind lack.
+CATCH_UP_SLICE_S = 0.005
+
+
+def queued_bytes(transport: Any, node: Any) -> int:
+    """Bytes waiting in the leader's connection to `node` (0 without one)."""
+    connection = transport._connections.get(node)
+    return 0 if connection is None else pending_send_bytes(connection)
+
+
+class PacedCatchUp:
+    """The leader feeds a follower that is behind in small slices, at its link's pace.
+
+    pysyncobj's `__sendAppendEntries`, which runs at every heartbeat and after
+    every new entry, sends a follower that is behind (restarted, newly added,
+    or due a snapshot) message after message of up to a MiB for up to
+    `appendEntriesPeriod` (50 ms) per call. The leader reads its journal or
+    snapshot faster than a follower takes them in, so the messages piled up in
+    the connection's write buffer, and the tick thread, which also commits
+    every entry, spent 50 ms of each call producing them. With a 1 GiB store,
+    lone publishes took 100-300 ms while a restarted follower was sent the
+    snapshot (it never got all of it), and the healthy follower, not hearing
+    the leader, called elections. Here:
+
+    * queueing for a follower stops once CATCH_UP_QUEUE_BYTES wait on its
+      connection, heartbeat included: the queued messages are append-entries
+      from this leader too, and a follower receiving them calls no election;
+    * a call or tick spends at most CATCH_UP_SLICE_S on followers that are
+      behind, and every tick of the leader gives them a slice (the poll wakes
+      as their sockets drain), not only heartbeats and new entries;
+    * the entries of a message are read one by one (`entries_from`).
+
+    Also corrected: an entry larger than one message goes in parts, and
+    pysyncobj marks the last part by comparing the part's end with the length
+    of the command instead of the pickled entry it cuts. pysyncobj pickles with
+    protocol 2, where each byte of 0x80 or more takes two: an entry of UTF-8
+    text or binary data is up to twice its command, so its parts were marked
+    'finish' from half way on, and the follower's tick failed (a traceback and
+    a pause) for each part until the real last one.
+    """
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        raft: Any = self  # pysyncobj's private state, reached by its mangled names
+        started = monotonic_time()
+        raft._SyncObj__newAppendEntriesTime = started + raft._SyncObj__conf.appendEntriesPeriod
+        deadline = started + CATCH_UP_SLICE_S
+        for node in raft._SyncObj__otherNodes | raft._SyncObj__readonlyNodes:
+            if node not in raft._SyncObj__connectedNodes:
+                raft._SyncObj__serializer.cancelTransmisstion(node)
+                continue
+            self._feed(node, deadline, heartbeat=True)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        super()._onTick(timeToWait)  # type: ignore[misc]
+        raft: Any = self
+        if raft._SyncObj__raftState != _LEADER:
+            return
+        deadline = monotonic_time() + CATCH_UP_SLICE_S
+        last_index = raft._SyncObj__getCurrentLogIndex()
+        for node in raft._SyncObj__otherNodes | raft._SyncObj__readonlyNodes:
+            if (
+                node in raft._SyncObj__connectedNodes
+                and raft._SyncObj__raftNextIndex[node] <= last_index
+            ):
+                self._feed(node, deadline, heartbeat=False)
+
+    def _feed(self, node: Any, deadline: float, *, heartbeat: bool) -> None:
+        """Send `node` what it lacks while its link has room, until `deadline`.
+
+        With `heartbeat`, at least one message goes (entries, a snapshot part or
+        an empty append-entries) unless the link is full.
+        """
+        raft: Any = self
+        next_index: dict[Any, int] = raft._SyncObj__raftNextIndex
+        batch_bytes = raft._SyncObj__conf.appendEntriesBatchSizeBytes
+        first = heartbeat
+        while first or next_index[node] <= raft._SyncObj__getCurrentLogIndex():
+            if queued_bytes(raft._SyncObj__transport, node) >= CATCH_UP_QUEUE_BYTES:
+                return
+            if next_index[node] > raft._SyncObj__raftLog[0][1]:
+                self._send_entries_from(node, next_index[node], batch_bytes)
+            elif (
+                not self._send_snapshot_part(node)
+                and next_index[node] <= raft._SyncObj__raftLog[0][1]
+            ):
+                return  # the snapshot is being written (or unreadable): nothing to send yet
+            if node not in raft._SyncObj__connectedNodes:
+                return
+            first = False
+            if monotonic_time() > deadline:
+                return
+
+    def _send_entries_from(self, node: Any, node_next: int, batch_bytes: int) -> None:
+        """Entries from `node_next` (none: a heartbeat), as pysyncobj sends them."""
+        raft: Any = self
+        prev_index, prev_term = raft._SyncObj__getPrevLogIndexTerm(node_next)
+        entries: list[Any] = []
+        if node_next <= raft._SyncObj__getCurrentLogIndex():
+            entries = entries_from(raft._SyncObj__raftLog, node_next, batch_bytes)
+            raft._SyncObj__raftNextIndex[node] = entries[-1][1] + 1
+        message = {
+            "type": "append_entries",
+            "term": raft._SyncObj__raftCurrentTerm,
+            "commit_index": raft._SyncObj__raftCommitIndex,
+            "prevLogIdx": prev_index,
+            "prevLogTerm": prev_term,
+        }
+        send = raft._SyncObj__transport.send
+        if not (len(entries) == 1 and len(entries[0][0]) >= batch_bytes):
+            send(node, {**message, "entries": entries})
+            return
+        entry = pysyncobj_pickle.dumps(entries[0])
+        for start, end, transmission in entry_parts(len(entry), batch_bytes):
+            send(node, {**message, "transmission": transmission, "data": entry[start:end]})
+            if node not in raft._SyncObj__connectedNodes:
+                return
+
+    def _send_snapshot_part(self, node: Any) -> bool:
+        """Send the next part of the snapshot; True while more parts follow."""
+        raft: Any = self
+        part = raft._SyncObj__serializer.getTransmissionData(node)
+        message = {
+            "type": "append_entries",
+            "term": raft._SyncObj__raftCurrentTerm,
+            "commit_index": raft._SyncObj__raftCommitIndex,
+            "serialized": part,
+        }
+        raft._SyncObj__transport.send(node, message)
+        if not part or node not in raft._SyncObj__connectedNodes:
+            return False
+        if part[2]:  # the last part: the follower goes on from the snapshot's end
+            raft._SyncObj__raftNextIndex[node] = raft._SyncObj__raftLog[1][1] + 1
+            return False
+        return True
+
+
+def entries_from(log: Any, index: int, max_bytes: int) -> list[Any]:
+    """Entries of `log` from Raft index `index` on, up to the first that reaches `max_bytes`.
+
+    pysyncobj's `__getEntries` slices the log from `index` to its end and keeps
+    the first MiB: the journal reads back every command it no longer holds in
+    memory, so each message to a follower that was far behind read the whole
+    rest of the journal from disk (seconds of the tick thread for a few hundred
+    MiB). Here entries are read one by one, only as many as the message takes.
+    """
+    position = index - log[0][1]
+    entries: list[Any] = []
+    size = 0
+    while position < len(log):
+        entry = log[position]
+        entries.append(entry)
+        size += len(entry[0])
+        if size >= max_bytes:
+            break
+        position += 1
+    return entries
+
+
+def entry_parts(entry_bytes: int, part_bytes: int) -> list[tuple[int, int, str]]:
+    """(start, end, transmission) of each part of a pickled entry of `entry_bytes`."""
+    parts = []
+    for start in range(0, entry_bytes, part_bytes):
+        end = min(start + part_bytes, entry_bytes)
+        if start == 0:
+            transmission = "start"
+        elif end == entry_bytes:
+            transmission = "finish"
+        else:
+            transmission = "process"
+        parts.append((start, end, transmission))
+    return parts

@@ -16,6 +16,7 @@ from cluster.raft_fixes import (
     KeepPeerLinksAlive,
     LeaderFlushesInParallel,
     LeaderRefusesForwardedCommands,
+    PacedCatchUp,
     PipelinedReplication,
     PreVote,
     ReadBeforeElection,
@@ -76,6 +77,7 @@ class ReplicatedBroker(
     PreVote,
     LeaderFlushesInParallel,
     CommitRidesOnNextMessage,
+    PacedCatchUp,
     PipelinedReplication,
     SyncObj,  # type: ignore[misc]
 ):

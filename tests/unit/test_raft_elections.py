@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pysyncobj import SyncObj, SyncObjConf, SyncObjException
+from pysyncobj import SyncObj
 
 from cluster.raft_fixes import PREVOTE_LEASE, KeepPeerLinksAlive, PreVote, ReadBeforeElection
-from tests.unit.test_journal_durability import free_ports
+from tests.unit.raft_cluster import hand_ticked_conf, three_node_clusters
 
 CONNECTION_TIMEOUT = 1.0
 ELECTION_MIN = 0.2
@@ -34,12 +34,8 @@ ELECTION_MAX = 0.3
 
 class Plain(SyncObj):  # type: ignore[misc]
     def __init__(self, self_addr: str, partners: list[str]) -> None:
-        conf = SyncObjConf(
-            bindAddress=self_addr,
-            maxBindRetries=1,
-            autoTick=False,
-            appendEntriesUseBatch=False,
-            appendEntriesPeriod=0.05,
+        conf = hand_ticked_conf(
+            self_addr,
             raftMinTimeout=ELECTION_MIN,
             raftMaxTimeout=ELECTION_MAX,
             connectionTimeout=CONNECTION_TIMEOUT,
@@ -101,26 +97,7 @@ def tick_for(nodes: list[Plain], seconds: float) -> None:
 
 @pytest.fixture
 def start() -> Iterator[Callable[[type[Plain]], list[Plain]]]:
-    started: list[Plain] = []
-
-    def run(cls: type[Plain]) -> list[Plain]:
-        for _ in range(5):
-            addrs = [f"127.0.0.1:{p}" for p in free_ports(3)]
-            nodes: list[Plain] = []
-            try:
-                for addr in addrs:
-                    nodes.append(cls(addr, [a for a in addrs if a != addr]))
-                    started.append(nodes[-1])
-            except SyncObjException:
-                continue
-            _wait_for_leader(nodes)
-            return nodes
-        raise RuntimeError("could not bind a 3-node cluster")
-
-    yield run
-    for node in started:
-        node._destroy()
-        node._doDestroy()
+    yield from three_node_clusters(_wait_for_leader)
 
 
 def _wait_for_leader(nodes: list[Plain]) -> None:
