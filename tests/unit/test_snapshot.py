@@ -135,6 +135,46 @@ def test_a_snapshot_job_writes_a_file_that_restores_the_pinned_state(
         follower.close()
 
 
+def test_a_received_snapshot_is_synced_as_it_arrives_and_restores_the_state(
+    holder: StoreHolder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower writes the leader's snapshot a chunk at a time, each chunk synced."""
+    filled(holder.store)
+    digest, index = holder.store.digest(), holder.store.applied_index()
+    sent = str(tmp_path / "leader.bin")
+    SnapshotCodec(holder, str(tmp_path / "tmp")).start(sent, ("raft", "data")).future.result(30)
+    with open(sent, "rb") as f:
+        # As pysyncobj's getTransmissionData: parts, then an empty last one.
+        parts = [*iter(lambda: f.read(1 << 14), b""), b""]
+    syncs: list[int] = []
+    fdatasync = os.fdatasync
+
+    def counted(fd: int) -> None:
+        syncs.append(fd)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counted)
+
+    follower = StoreHolder(str(tmp_path / "follower"), map_size=MAP_SIZE, sync=False)
+    try:
+        codec = SnapshotCodec(follower, str(tmp_path / "tmp2"), sync_bytes=1 << 16)
+        received = str(tmp_path / "follower.bin")
+        serializer = BackgroundSerializer(codec, received, 1 << 14)
+        last = len(parts) - 1
+        done = [serializer.setTransmissionData((p, i == 0, i == last)) for i, p in enumerate(parts)]
+        assert done == [False] * last + [True]
+        assert not os.path.exists(received + ".1.tmp")
+        assert len(syncs) >= os.path.getsize(sent) // (1 << 16)
+        with open(sent, "rb") as a, open(received, "rb") as b:
+            assert a.read() == b.read()
+
+        assert codec.deserialize(received) == ("raft", "data")
+        assert follower.store.applied_index() == index
+        assert follower.store.digest() == digest
+    finally:
+        follower.close()
+
+
 def test_stopping_a_job_abandons_its_file(holder: StoreHolder, tmp_path: Path) -> None:
     filled(holder.store)
     # Paced to 64 KiB/s: the copy would take about a minute.
