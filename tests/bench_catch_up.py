@@ -8,8 +8,11 @@ are published, and the others compact their logs past it, so that it can only
 catch up by receiving the snapshot of the whole store. A client then publishes
 one message at a time (--gap-ms apart) for --seconds; the follower is restarted
 5 s in. Printed: the confirm latency per 2-second window, when the follower
-had installed the snapshot, and the Raft term before and after (a higher term
-means the leader was deposed or an election was called).
+had installed the snapshot and when it had applied what the leader had at its
+restart, and the Raft term before and after (a higher term means the leader
+was deposed or an election was called). With a --snapshot-entries larger than
+the entries written, nobody compacts and the follower catches up from the
+leader's journal instead.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import orjson
 
 from raftmq import AsyncClient
-from tests.cluster.harness import LocalTestCluster, wait_for
+from tests.cluster.harness import LocalTestCluster, NodeProc, wait_for
 
 RESTART_AFTER_S = 5.0
 WINDOW_S = 2.0
@@ -97,6 +100,14 @@ def windows(samples: list[tuple[float, float | None]], origin: float) -> list[di
     return rows
 
 
+def _applied(cluster: LocalTestCluster, node: NodeProc) -> int:
+    """The node's last applied index, or -1 while it does not answer."""
+    try:
+        return int(cluster.status(node)["last_applied"])
+    except (OSError, AssertionError):
+        return -1
+
+
 def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     extra = ["--snapshot-entries", str(args.snapshot_entries), "--snapshot-log-ratio", "0"]
     cluster = LocalTestCluster(root, 3, extra)
@@ -130,11 +141,14 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         origin = time.monotonic()
         probe.start()
         time.sleep(RESTART_AFTER_S)
+        target = cluster.status(leader)["last_applied"]
         cluster.start_node(behind)
-        installed_at = None
+        installed_at = caught_up_at = None
         while probe.is_alive():
             if installed_at is None and INSTALLED in behind.log_path.read_text(errors="replace"):
                 installed_at = time.monotonic() - origin
+            if caught_up_at is None and _applied(cluster, behind) >= target:
+                caught_up_at = time.monotonic() - origin
             time.sleep(0.1)
         probe.join()
         if installed_at is None and INSTALLED in behind.log_path.read_text(errors="replace"):
@@ -148,6 +162,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "store_mib": round(store_mib),
             "restarted_at_s": RESTART_AFTER_S,
             "snapshot_installed_at_s": installed_at,
+            "caught_up_at_s": caught_up_at,
             "term_before": term_before,
             "term_after": max(s["term"] for s in statuses),
             "windows": windows(result["samples"], origin),
@@ -165,9 +180,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--gap-ms", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument("--keep", type=Path, help="run in this new directory and keep it (logs)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="raftmq-catch-up-") as tmp:
-        result = run(args, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+        result = run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="raftmq-catch-up-") as tmp:
+            result = run(args, Path(tmp))
     for row in result["windows"]:
         p50, p99 = row["p50_ms"], row["p99_ms"]
         sys.stdout.write(
