@@ -58,6 +58,12 @@ def _read_header(f: BinaryIO) -> SnapshotHeader:
     return SnapshotHeader(raft_data=raw["raft_data"], applied_index=int(raw["applied_index"]))
 
 
+def _sync_and_drop(fd: int, start: int, end: int) -> None:
+    """Make bytes start..end of `fd` durable, then drop them from the page cache."""
+    os.fdatasync(fd)
+    os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
 def copy_synced(source: int, offset: int, target: int, sync_bytes: int) -> int:
     """Copy `source` from `offset` to its end onto `target` (from its start) by the kernel.
 
@@ -75,8 +81,7 @@ def copy_synced(source: int, offset: int, target: int, sync_bytes: int) -> int:
                 break
             moved += n
         if moved:
-            os.fdatasync(target)
-            os.posix_fadvise(target, copied, moved, os.POSIX_FADV_DONTNEED)
+            _sync_and_drop(target, copied, copied + moved)
             copied += moved
         if moved < sync_bytes:
             return copied
@@ -306,8 +311,7 @@ class SnapshotJob:
             nonlocal synced
             if self._stop.is_set():
                 raise InterruptedError("snapshot copy stopped")
-            os.fdatasync(fd)
-            os.posix_fadvise(fd, offset + synced, copied - synced, os.POSIX_FADV_DONTNEED)
+            _sync_and_drop(fd, offset + synced, offset + copied)
             synced = copied
             rate = self._pacing.bytes_per_s
             if rate:
@@ -415,11 +419,8 @@ class BackgroundSerializer(Serializer):  # type: ignore[misc]
             incoming.write(part)
             if is_last or incoming.tell() - self._incoming_synced >= self._sync_bytes:
                 incoming.flush()
-                os.fdatasync(incoming.fileno())
-                end = incoming.tell()
-                synced = self._incoming_synced
-                os.posix_fadvise(incoming.fileno(), synced, end - synced, os.POSIX_FADV_DONTNEED)
-                self._incoming_synced = end
+                _sync_and_drop(incoming.fileno(), self._incoming_synced, incoming.tell())
+                self._incoming_synced = incoming.tell()
             if not is_last:
                 return False
             self._close_incoming()
