@@ -17,7 +17,6 @@ import os
 import signal
 import ssl
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +28,7 @@ import orjson
 from raftmq import cli_pubsub, cli_users
 from raftmq.client import Client, ReceivedMessage
 from raftmq.errors import ConnectionFailed, RaftMQError
-from raftmq.supervisor import LocalCluster, NodeExited, PortInUse, StartupCancelled
+from raftmq.supervisor import LocalCluster, NodeExited, PortInUse, StartupCancelled, StopFlag
 
 __all__ = ["build_parser", "main"]
 
@@ -392,7 +391,7 @@ def cluster_up(args: argparse.Namespace) -> int:
         fsync=args.fsync,
         node_module=args.node_module,
     )
-    stop = threading.Event()
+    stop = StopFlag()  # not a threading.Event: see StopFlag
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()

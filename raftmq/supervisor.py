@@ -32,12 +32,15 @@ __all__ = [
     "NodeSpec",
     "PortInUse",
     "StartupCancelled",
+    "StopFlag",
 ]
 
 log = logging.getLogger(__name__)
 
 HTTP_PORT_OFFSET = 100
 POLL_INTERVAL = 0.1
+# How often StopFlag.wait looks at the flag (a signal also ends its sleep).
+STOP_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,38 @@ class NodeExited(RuntimeError):
 
 class PortInUse(RuntimeError):
     """A port the cluster needs is taken (often: another cluster is still running)."""
+
+
+class StopFlag:
+    """A stop request that a signal handler may set; waited on like a threading.Event.
+
+    ``threading.Event.set`` takes the lock that ``Event.wait`` holds for a few
+    bytecodes at every wake-up. A signal handler runs in the main thread between
+    bytecodes, so one that calls ``set`` while the main thread is inside that
+    window waits for a lock its own thread holds, forever: `cluster up` would
+    then never stop. The window is short, but it comes at every wake-up of the
+    main loop. Setting this flag takes no lock; ``wait`` looks at it every
+    STOP_POLL_S.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """True once set; False after ``timeout`` seconds without."""
+        deadline = time.monotonic() + timeout
+        while not self._set:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(remaining, STOP_POLL_S))
+        return True
 
 
 class StartupCancelled(RuntimeError):
@@ -267,7 +302,9 @@ class LocalCluster:
             return str(only) if only else None
         return None
 
-    def wait_ready(self, timeout: float = 60.0, cancel: threading.Event | None = None) -> str:
+    def wait_ready(
+        self, timeout: float = 60.0, cancel: StopFlag | threading.Event | None = None
+    ) -> str:
         """Blocks until all nodes agree on a leader; returns its id.
 
         Raises NodeExited if a node dies first (the cause is then in its log),
