@@ -12,12 +12,13 @@ restarted follower, and the leader, whose tick thread also runs every commit,
 answered lone publishes in 100-300 ms instead of 2 ms (cluster/DESIGN.md).
 
 Here both buffers are ``bytearray``: appending is amortized linear, and CPython
-drops a consumed prefix by moving the array's start, without copying the rest.
-The framing, encryption and handshake are pysyncobj's, step for step; only the
+drops a consumed prefix by moving the array's start (it copies the rest only
+once that is under half the allocation, which keeps the total linear). The
+framing, encryption and handshake are pysyncobj's, step for step; only the
 buffer operations differ, and a send that leaves bytes queued asks the poll to
 report the socket writable (pysyncobj's did not, so they waited for the next
-send). ``cluster.raft_fixes.PacedCatchUp`` bounds how much
-the leader queues for one follower.
+send). ``cluster.raft_fixes.PacedCatchUp`` bounds how much the leader queues
+for one follower.
 """
 
 from __future__ import annotations
