@@ -549,13 +549,7 @@ class PacedCatchUp:
         if node_next <= raft._SyncObj__getCurrentLogIndex():
             entries = entries_from(raft._SyncObj__raftLog, node_next, batch_bytes)
             raft._SyncObj__raftNextIndex[node] = entries[-1][1] + 1
-        message = {
-            "type": "append_entries",
-            "term": raft._SyncObj__raftCurrentTerm,
-            "commit_index": raft._SyncObj__raftCommitIndex,
-            "prevLogIdx": prev_index,
-            "prevLogTerm": prev_term,
-        }
+        message = {**self._append_entries(), "prevLogIdx": prev_index, "prevLogTerm": prev_term}
         send = raft._SyncObj__transport.send
         if not (len(entries) == 1 and len(entries[0][0]) >= batch_bytes):
             send(node, {**message, "entries": entries})
@@ -566,17 +560,20 @@ class PacedCatchUp:
             if node not in raft._SyncObj__connectedNodes:
                 return
 
+    def _append_entries(self) -> dict[str, Any]:
+        """What every append-entries of this leader carries: its term and commit index."""
+        raft: Any = self
+        return {
+            "type": "append_entries",
+            "term": raft._SyncObj__raftCurrentTerm,
+            "commit_index": raft._SyncObj__raftCommitIndex,
+        }
+
     def _send_snapshot_part(self, node: Any) -> bool:
         """Send the next part of the snapshot; True while more parts follow."""
         raft: Any = self
         part = raft._SyncObj__serializer.getTransmissionData(node)
-        message = {
-            "type": "append_entries",
-            "term": raft._SyncObj__raftCurrentTerm,
-            "commit_index": raft._SyncObj__raftCommitIndex,
-            "serialized": part,
-        }
-        raft._SyncObj__transport.send(node, message)
+        raft._SyncObj__transport.send(node, {**self._append_entries(), "serialized": part})
         if not part or node not in raft._SyncObj__connectedNodes:
             return False
         if part[2]:  # the last part: the follower goes on from the snapshot's end

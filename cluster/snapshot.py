@@ -373,7 +373,6 @@ class BackgroundSerializer(Serializer):  # type: ignore[misc]
         self._due = due
         self._job: SnapshotJob | None = None
         self._job_index: int | None = None
-        self._sync_bytes = codec.sync_bytes
         self._incoming: BinaryIO | None = None
         self._incoming_synced = 0
 
@@ -417,7 +416,7 @@ class BackgroundSerializer(Serializer):  # type: ignore[misc]
             return False
         try:
             incoming.write(part)
-            if is_last or incoming.tell() - self._incoming_synced >= self._sync_bytes:
+            if is_last or incoming.tell() - self._incoming_synced >= self._codec.sync_bytes:
                 incoming.flush()
                 _sync_and_drop(incoming.fileno(), self._incoming_synced, incoming.tell())
                 self._incoming_synced = incoming.tell()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import statistics
 import sys
 import tempfile
 import threading
@@ -31,6 +30,8 @@ from typing import Any
 import orjson
 
 from raftmq import AsyncClient
+from raftmq.bench.adapter import RaftMQ, pct
+from raftmq.bench.workloads import w1
 from tests.cluster.harness import LocalTestCluster, NodeProc, wait_for
 
 RESTART_AFTER_S = 5.0
@@ -39,27 +40,13 @@ INSTALLED = "restored from snapshot"
 
 
 async def publish_window(urls: list[str], queue: str, count: int, size: int) -> float:
-    """Publish `count` messages with 256 in flight; returns messages per second."""
-    body = b"x" * size
-    async with AsyncClient(urls) as client, client.channel() as channel:
-        slots = asyncio.Semaphore(256)
-
-        async def one() -> None:
-            try:
-                await channel.publish(queue, body)
-            finally:
-                slots.release()
-
-        started = time.monotonic()
-        tasks: list[asyncio.Task[None]] = []
-        for _ in range(count):
-            await slots.acquire()
-            tasks.append(asyncio.ensure_future(one()))
-            if len(tasks) >= 4096:
-                await asyncio.gather(*tasks)
-                tasks.clear()
-        await asyncio.gather(*tasks)
-        return count / (time.monotonic() - started)
+    """Publish `count` messages with 256 in flight (raftmq bench's W1); messages per second."""
+    peer = RaftMQ(urls, queue=queue, transport="ws")
+    await peer.connect()
+    try:
+        return float((await w1(peer, count, size, 256))["msgs_per_s"])
+    finally:
+        await peer.close()
 
 
 async def lone_publishes(
@@ -86,15 +73,15 @@ def windows(samples: list[tuple[float, float | None]], origin: float) -> list[di
         by_window.setdefault(int((started - origin) // WINDOW_S), []).append(latency)
     rows = []
     for index in sorted(by_window):
-        done = sorted(x for x in by_window[index] if x is not None)
+        done = [x for x in by_window[index] if x is not None]
         rows.append(
             {
                 "from_s": index * WINDOW_S,
                 "confirmed": len(done),
                 "errors": len(by_window[index]) - len(done),
-                "p50_ms": statistics.median(done) if done else None,
-                "p99_ms": done[min(len(done) - 1, int(len(done) * 0.99))] if done else None,
-                "max_ms": done[-1] if done else None,
+                "p50_ms": pct(done, 50),
+                "p99_ms": pct(done, 99),
+                "max_ms": max(done, default=None),
             }
         )
     return rows
